@@ -1,0 +1,88 @@
+"""State-dict helpers for the teacher U-Net: compare names/shapes, load strictly, read listings.
+
+A checkpoint that does not match the architecture must fail loudly and say *what* differs
+(the first missing, unexpected and wrongly-shaped keys), not with torch's wall of text.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+from typing import Mapping
+
+from torch import Tensor, nn
+
+__all__ = ["state_dict_shapes", "diff_shapes", "check_state_dict", "load_unet_state_dict", "read_state_dict_listing"]
+
+Shapes = Mapping[str, tuple[int, ...]]
+
+
+def state_dict_shapes(state_dict: Mapping[str, Tensor]) -> dict[str, tuple[int, ...]]:
+    """``{name: shape}`` of a state dict (works for meta tensors)."""
+    return {k: tuple(v.shape) for k, v in state_dict.items()}
+
+
+def diff_shapes(
+    expected: Shapes, actual: Shapes
+) -> tuple[list[str], list[str], list[tuple[str, tuple[int, ...], tuple[int, ...]]]]:
+    """(missing from ``actual``, unexpected in ``actual``, [(key, expected shape, actual shape)])."""
+    missing = [k for k in expected if k not in actual]
+    unexpected = [k for k in actual if k not in expected]
+    mismatched = [(k, tuple(expected[k]), tuple(actual[k])) for k in expected
+                  if k in actual and tuple(expected[k]) != tuple(actual[k])]
+    return missing, unexpected, mismatched
+
+
+def format_diff(missing, unexpected, mismatched, limit: int = 10) -> str:
+    """Human-readable summary listing at most ``limit`` keys per category."""
+    lines = []
+    for title, items in (("missing", missing), ("unexpected", unexpected)):
+        if items:
+            shown = ", ".join(items[:limit]) + (f", ... (+{len(items) - limit} more)" if len(items) > limit else "")
+            lines.append(f"{len(items)} {title} key(s): {shown}")
+    if mismatched:
+        shown = "; ".join(f"{k}: expected {list(e)}, got {list(a)}" for k, e, a in mismatched[:limit])
+        more = f"; ... (+{len(mismatched) - limit} more)" if len(mismatched) > limit else ""
+        lines.append(f"{len(mismatched)} shape mismatch(es): {shown}{more}")
+    return "\n".join(lines)
+
+
+def check_state_dict(model: nn.Module, state_dict: Mapping[str, Tensor], limit: int = 10) -> None:
+    """Raise ``ValueError`` naming the first differing keys unless names and shapes match exactly."""
+    if not isinstance(state_dict, Mapping):
+        raise ValueError(f"expected a mapping of parameter names to tensors, got {type(state_dict).__name__}")
+    bad = [k for k, v in state_dict.items() if not isinstance(v, Tensor)]
+    if bad:
+        raise ValueError(f"state dict values must be tensors; not tensors: {bad[:limit]}")
+    diff = diff_shapes(state_dict_shapes(model.state_dict()), state_dict_shapes(state_dict))
+    if any(diff):
+        hint = ""
+        if any(k.startswith("model.diffusion_model.") for k in state_dict):
+            hint = "\n(keys carry the original LDM prefix 'model.diffusion_model.'; strip it first)"
+        raise ValueError(f"state dict does not match {type(model).__name__}:\n{format_diff(*diff, limit=limit)}{hint}")
+
+
+def load_unet_state_dict(model: nn.Module, state_dict: Mapping[str, Tensor], assign: bool = False) -> nn.Module:
+    """Check names and shapes (``check_state_dict``), then ``load_state_dict(strict=True)``.
+
+    Values are copied into the model's parameters (converted to their dtype/device); with
+    ``assign=True`` the tensors replace the parameters instead, which is the way to fill a
+    model built on the ``meta`` device without allocating it twice.
+    """
+    check_state_dict(model, state_dict)
+    model.load_state_dict(dict(state_dict), strict=True, assign=assign)
+    return model
+
+
+def read_state_dict_listing(path: str | Path) -> dict[str, tuple[int, ...]]:
+    """Parse a ``name<TAB>[d0, d1, ...]`` listing (``#`` lines are comments), keeping file order."""
+    shapes: dict[str, tuple[int, ...]] = {}
+    for lineno, line in enumerate(Path(path).read_text().splitlines(), 1):
+        if not line.strip() or line.startswith("#"):
+            continue
+        try:
+            name, shape = line.split("\t")
+            shapes[name] = tuple(int(d) for d in ast.literal_eval(shape))
+        except (ValueError, SyntaxError) as e:
+            raise ValueError(f"{path}:{lineno}: cannot parse {line!r}") from e
+    return shapes
