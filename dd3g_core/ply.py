@@ -20,17 +20,15 @@ as pure background).
 
 from __future__ import annotations
 
-import contextlib
 import os
-import tempfile
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import torch
 from plyfile import PlyData, PlyElement
 
 from .gaussians import Gaussians
+from .io import atomic_path
 
 POSITION = ("x", "y", "z")
 NORMAL = ("nx", "ny", "nz")
@@ -39,32 +37,6 @@ SCALE = ("scale_0", "scale_1", "scale_2")
 ROT = ("rot_0", "rot_1", "rot_2", "rot_3")
 REQUIRED = POSITION + DC + ("opacity",) + SCALE + ROT
 SH_COUNTS = (1, 4, 9, 16)  # K = (degree + 1)^2 for degrees 0..3
-
-
-@contextlib.contextmanager
-def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path next to ``path``; on success move it over ``path`` atomically.
-
-    The temporary name keeps the final extension because writers such as imageio pick the
-    format from it. Readers never see a half-written file, and a failed write leaves any
-    previous file untouched (the temporary file is removed).
-    """
-    path = Path(path)
-    if not path.parent.exists():
-        raise FileNotFoundError(f"output directory {str(path.parent)!r} does not exist")
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=f".tmp{path.suffix}")
-    os.close(fd)
-    tmp_path = Path(tmp)
-    try:
-        yield tmp_path
-        # mkstemp creates 0600; give the result the permissions a plain open() would.
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp_path, 0o666 & ~umask)
-        os.replace(tmp_path, path)
-    except BaseException:
-        tmp_path.unlink(missing_ok=True)
-        raise
 
 
 def ply_property_names(sh_count: int) -> list[str]:
@@ -98,13 +70,9 @@ def save_ply(gaussians: Gaussians, path: str | os.PathLike) -> None:
     for i, name in enumerate(names):
         records[name] = columns[:, i]
     ply = PlyData([PlyElement.describe(records, "vertex")], text=False, byte_order="<")
-    with atomic_output(path) as tmp:
+    with atomic_path(path) as tmp:  # readers never see a half-written file
         with open(tmp, "wb") as f:
             ply.write(f)
-
-
-def _float_column(vertex, name: str) -> np.ndarray:
-    return np.asarray(vertex[name], dtype=np.float32)
 
 
 def load_ply(path: str | os.PathLike, drop_nonfinite: bool = False) -> Gaussians:
@@ -137,9 +105,10 @@ def load_ply(path: str | os.PathLike, drop_nonfinite: bool = False) -> Gaussians
     if missing:
         raise ValueError(f"{path}: vertex element is missing required properties: {', '.join(missing)}")
 
-    rest_names = sorted((n for n in props if n.startswith("f_rest_")), key=lambda n: int(n[7:]) if n[7:].isdigit() else -1)
+    rest_names = [n for n in props if n.startswith("f_rest_")]
     if any(not n[7:].isdigit() for n in rest_names):
         raise ValueError(f"{path}: malformed f_rest property names: {rest_names}")
+    rest_names.sort(key=lambda n: int(n[7:]))  # 3DGS sorts numerically, not by file order
     if rest_names != [f"f_rest_{i}" for i in range(len(rest_names))]:
         raise ValueError(f"{path}: f_rest properties must be numbered 0..M-1 without gaps, got {rest_names}")
     m = len(rest_names)
@@ -165,7 +134,9 @@ def load_ply(path: str | os.PathLike, drop_nonfinite: bool = False) -> Gaussians
     # float64 files are rounded to float32 here; out-of-range values become Inf and are
     # caught by the finiteness check below.
     with np.errstate(over="ignore"):
-        table = np.stack([_float_column(vertex, name) for name in used], axis=1) if len(vertex.data) else np.zeros((0, len(used)), np.float32)
+        table = np.zeros((len(vertex.data), len(used)), dtype=np.float32)  # [N, P]
+        for i, name in enumerate(used):
+            table[:, i] = vertex[name]
     finite = np.isfinite(table).all(axis=1)
     if not finite.all():
         bad = np.flatnonzero(~finite)

@@ -1,6 +1,5 @@
 """``rgba_images``: RGBA object images as webdataset shards (stage 1)."""
 
-from __future__ import annotations
 
 import dagster as dg
 
