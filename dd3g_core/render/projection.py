@@ -111,6 +111,12 @@ def project_gaussians(
         mx, my = means2d[..., 0], means2d[..., 1]
         inside = (mx + rx > 0) & (mx - rx < width) & (my + ry > 0) & (my - ry < height)
         keep = valid & inside & torch.isfinite(mx) & torch.isfinite(my)
-        radii = torch.stack([rx, ry], -1) * keep[..., None]
-        radii = radii.clamp(max=2 * max(width, height)).to(torch.int32)
+        # Clamp each half-extent to the distance from the mean to the far image edge (+1):
+        # the box still covers every pixel it covered (a fixed cap such as 2 max(W, H) would
+        # cut the on-screen part of a huge Gaussian centred off-screen), yet stays small
+        # enough for int32 and for tile binning.
+        rx = torch.minimum(rx, (mx - width / 2).abs() + width / 2 + 1)
+        ry = torch.minimum(ry, (my - height / 2).abs() + height / 2 + 1)
+        radii = torch.where(keep[..., None], torch.stack([rx, ry], -1), torch.zeros_like(means2d))
+        radii = radii.clamp(max=2**30).to(torch.int32)
     return Projected(means2d, conics, tz, radii, opac)
