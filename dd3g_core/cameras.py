@@ -14,8 +14,7 @@ Conventions (the same as gsplat's):
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Sequence
 
 import torch

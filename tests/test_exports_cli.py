@@ -9,23 +9,11 @@ import imageio.v3 as iio
 import numpy as np
 import pytest
 
-import dd3g_core.world.views as views
 from dd3g_core.cli import main
 from dd3g_core.exports import save_turntable, save_views_grid, turntable_frames, views_grid
 from dd3g_core.ply import load_ply, save_ply
 from dd3g_core.world import object_spec, orbit_views, sample_object, to_uint8
 
-
-@pytest.fixture(autouse=True)
-def _render_backend(monkeypatch):
-    """``DD3G_TEST_BACKEND=reference`` runs these tests without the compiled rasterizer."""
-    forced = os.environ.get("DD3G_TEST_BACKEND")
-    if forced:
-        real = views.render
-        def render(*args, backend="auto", **kwargs):
-            return real(*args, backend=forced if backend == "auto" else backend, **kwargs)
-
-        monkeypatch.setattr(views, "render", render)
 
 
 @pytest.fixture(scope="module")

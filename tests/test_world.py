@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
 
 import numpy as np
 import pytest
 import torch
 
-import dd3g_core.world.views as views
 from dd3g_core.world import (
     BACKGROUND_PALETTE,
     PATTERNS,
@@ -28,17 +26,6 @@ from dd3g_core.world import (
 from dd3g_core.world.geometry import matrix_to_quat, quat_to_matrix
 from dd3g_core.world.primitives import make_primitive
 
-
-@pytest.fixture(autouse=True)
-def _render_backend(monkeypatch):
-    """``DD3G_TEST_BACKEND=reference`` runs these tests without the compiled rasterizer."""
-    forced = os.environ.get("DD3G_TEST_BACKEND")
-    if forced:
-        real = views.render
-        def render(*args, backend="auto", **kwargs):
-            return real(*args, backend=forced if backend == "auto" else backend, **kwargs)
-
-        monkeypatch.setattr(views, "render", render)
 
 
 def same(a, b) -> bool:
