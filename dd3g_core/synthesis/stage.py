@@ -1,0 +1,273 @@
+"""The ``rgba_images`` stage: seeds -> generator -> matting -> filters -> recentre -> shards.
+
+One **partition** = one shard index ``k``: ``synthesize_shard`` writes
+``<data_root>/rgba_images/<version>/shard-{k:05d}/`` (a :func:`~dd3g_core.shards.write_shards`
+set: ``shard-000000.tar`` + ``manifest.json``, built under a temp dir and renamed when complete,
+so a killed run leaves nothing a reader accepts and other partitions are never touched).
+A partition whose directory validates is a cache hit and is not recomputed.
+
+Sample ``i`` of shard ``k`` has seed ``s = seed_start + k * samples_per_shard + i``. Each
+accepted sample is ``rgba.png`` (uint8 [R, R, 4], straight alpha, centred with the margin) and a
+``json`` record (see docs/synthesis.md). Rejected samples (a failed filter, or an exception
+while generating / matting / post-processing one sample) are *not* written as images but are
+listed in the manifest: ``extra = {"accepted": n, "attempted": m, "rejected": [{key, seed,
+stage, reasons, error?, ...}], ...}``. If every sample of a shard raised, the shard is not
+written and the first error is raised (a systematic failure must not be cached as "all rejected").
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from ..shards import ShardSetSummary, ShardValidationError, iter_samples, read_manifest, validate_shards
+from ..shards import write_shards
+from .config import CODE_VERSION, STAGE, RGBASynthesisConfig, shard_dir, stage_dir, stage_version
+from .generators import GeneratedImage, ProceduralGenerator, SDXLGenerator
+from .matting import ColorKeyMatting, MattingResult, RembgMatting
+from .postprocess import check_quality, final_stats, recentre
+from .prompts import load_prompts, prompt_for_seed
+
+log = logging.getLogger(__name__)
+
+
+class SynthesisBackends:
+    """Generator, matting and prompts of a config, built on first use (a cache hit loads nothing;
+    :func:`synthesize_rgba` shares one instance across shards so SDXL loads once)."""
+
+    def __init__(self, config: RGBASynthesisConfig, generator=None, matting=None):
+        self.config = config.resolved()
+        self._generator, self._matting, self._prompts = generator, matting, None
+
+    @property
+    def generator(self):
+        if self._generator is None:
+            c = self.config
+            if c.generator == "procedural":
+                self._generator = ProceduralGenerator(c.render_resolution, c.num_gaussians, c.azimuth_deg,
+                                                      c.elevation_deg, c.split)
+            else:
+                self._generator = SDXLGenerator(c.sdxl_path, c.sdxl_steps, c.sdxl_guidance, c.sdxl_size,
+                                                c.prompt_template, c.negative_prompt, variant=c.sdxl_variant)
+        return self._generator
+
+    @property
+    def matting(self):
+        if self._matting is None:
+            c = self.config
+            if c.matting == "colorkey":
+                self._matting = ColorKeyMatting(c.colorkey_low, c.colorkey_high, despill=c.despill)
+            elif c.matting == "rembg":
+                self._matting = RembgMatting(c.rembg_model_path, despill=c.despill)
+            else:
+                self._matting = ExactMatting()
+        return self._matting
+
+    @property
+    def prompts(self) -> list[str] | None:
+        if self.config.generator == "procedural":
+            return None
+        if self._prompts is None:
+            self._prompts = load_prompts(self.config.prompts_file)  # EmptyPromptListError if empty
+        return self._prompts
+
+
+class ExactMatting:
+    """Reference matting for the procedural generator: its true render (no estimation)."""
+
+    name = "exact"
+
+    def describe(self) -> dict:
+        return {"name": self.name}
+
+    def matte_generated(self, image: GeneratedImage) -> MattingResult:
+        if image.true_rgba is None:
+            raise ValueError("exact matting needs a generator with a true alpha (procedural)")
+        return MattingResult(image.true_rgba.copy(), {"background_plain": True})
+
+
+def alpha_iou(alpha_a: np.ndarray, alpha_b: np.ndarray, threshold: float = 127.5) -> float:
+    """IoU of two uint8 alphas thresholded at 0.5."""
+    a, b = np.asarray(alpha_a) > threshold, np.asarray(alpha_b) > threshold
+    union = int((a | b).sum())
+    return 1.0 if union == 0 else float((a & b).sum()) / union
+
+
+def _matte(backends: SynthesisBackends, image: GeneratedImage) -> MattingResult:
+    m = backends.matting
+    return m.matte_generated(image) if isinstance(m, ExactMatting) else m.matte(image.rgb)
+
+
+def _sample_key(config: RGBASynthesisConfig, seed: int) -> str:
+    return f"{config.split}{seed:08d}"
+
+
+def process_image(config: RGBASynthesisConfig, backends: SynthesisBackends, seed: int, image: GeneratedImage,
+                  base: dict) -> tuple[dict | None, dict | None]:
+    """(sample, None) for an accepted image or (None, reject record)."""
+    key = base["key"]
+    record = dict(base)
+    record.update(image.record)
+    matted = _matte(backends, image)
+    record["matting_info"] = matted.info
+    if image.true_rgba is not None:  # procedural: how good was the matte (evaluation only)
+        record["matting_iou"] = alpha_iou(matted.rgba[..., 3], image.true_rgba[..., 3])
+    quality = check_quality(matted.rgba, config.filters)
+    reasons = list(quality.reasons)
+    if matted.info.get("background_plain") is False:
+        reasons.append({"filter": "background_not_plain",
+                        "value": round(float(matted.info.get("background_border_share") or 0.0), 4), "limit": 0.5})
+    record["filters"] = {"passed": not reasons, "reasons": reasons, "stats": quality.stats}
+    record["source_alpha_coverage"] = quality.stats["coverage"]
+    if reasons:
+        return None, {"key": key, "seed": seed, "stage": "filter", "reasons": reasons, "stats": quality.stats,
+                      **{k: record[k] for k in ("prompt", "matting_iou") if k in record}}
+    rgba, post = recentre(matted.rgba, config.resolution, config.margin)
+    record["postprocess"] = post
+    record.update(final_stats(rgba, config.filters.alpha_threshold))
+    return {"__key__": key, "rgba.png": rgba, "json": record}, None
+
+
+def _generate(backends: SynthesisBackends, seeds: Sequence[int], prompts: Sequence[str | None]) -> list:
+    """Images for ``seeds``; an exception becomes that sample's entry (a batch that fails is
+    retried one by one so one bad sample does not take its batch-mates down)."""
+    try:
+        return list(backends.generator.generate(list(seeds), list(prompts)))
+    except Exception as e:  # noqa: BLE001 - recorded per sample
+        if len(seeds) == 1:
+            return [e]
+        return [_generate(backends, [s], [p])[0] for s, p in zip(seeds, prompts)]
+
+
+def build_shard_samples(config: RGBASynthesisConfig, shard_index: int, backends: SynthesisBackends,
+                        version: str) -> tuple[list[dict], list[dict]]:
+    """All accepted samples and reject records of one shard (in memory; a shard is small)."""
+    seeds = config.shard_seeds(shard_index)
+    prompts = backends.prompts
+    batch = config.sdxl_batch_size if config.generator == "sdxl" else 1
+    generator_desc = backends.generator.describe()
+    matting_desc = backends.matting.describe()
+    samples, rejected, errors = [], [], 0
+    for start in range(0, len(seeds), batch):
+        chunk = seeds[start:start + batch]
+        chunk_prompts, prompt_idx = [], []
+        for s in chunk:
+            if prompts is None:
+                chunk_prompts.append(None)
+                prompt_idx.append(None)
+            else:
+                i, p = prompt_for_seed(prompts, s)
+                chunk_prompts.append(p)
+                prompt_idx.append(i)
+        images = _generate(backends, chunk, chunk_prompts)
+        for s, p, pi, image in zip(chunk, chunk_prompts, prompt_idx, images):
+            key = _sample_key(config, s)
+            base = {"key": key, "seed": s, "split": config.split, "shard_index": shard_index,
+                    "source": generator_desc["name"], "generator": generator_desc["name"],
+                    "generator_config": generator_desc, "matting": matting_desc["name"],
+                    "matting_config": matting_desc, "prompt": p, "prompt_index": pi,
+                    "code_version": CODE_VERSION, "stage_version": version}
+            if isinstance(image, Exception):
+                errors += 1
+                rejected.append({"key": key, "seed": s, "stage": "generate", "prompt": p,
+                                 "reasons": [{"filter": "exception"}], "error": f"{type(image).__name__}: {image}"})
+                continue
+            try:
+                sample, reject = process_image(config, backends, s, image, base)
+            except Exception as e:  # noqa: BLE001 - one bad image is a recorded reject, the run continues
+                errors += 1
+                sample, reject = None, {"key": key, "seed": s, "stage": "process", "prompt": p,
+                                        "reasons": [{"filter": "exception"}], "error": f"{type(e).__name__}: {e}"}
+            if sample is not None:
+                samples.append(sample)
+            else:
+                rejected.append(reject)
+                log.info("rejected %s: %s", key, reject.get("reasons"))
+    if errors == len(seeds):
+        raise RuntimeError(f"every sample of shard {shard_index} failed; first: {rejected[0]['error']}")
+    return samples, rejected
+
+
+def synthesize_shard(data_root: str | Path, config: RGBASynthesisConfig, shard_index: int, *,
+                     backends: SynthesisBackends | None = None) -> tuple[ShardSetSummary, bool]:
+    """Build (or reuse) partition ``shard_index``. Returns ``(summary, cache_hit)``."""
+    config = config.resolved()
+    version = stage_version(config)
+    out = shard_dir(data_root, config, shard_index)
+    if out.exists():
+        try:
+            return validate_shards(out), True
+        except ShardValidationError as e:
+            log.warning("rebuilding damaged partition %s: %s", out, e)  # replaced atomically below
+    backends = backends or SynthesisBackends(config)
+    samples, rejected = build_shard_samples(config, shard_index, backends, version)
+    seeds = config.shard_seeds(shard_index)
+    ious = [s["json"]["matting_iou"] for s in samples if "matting_iou" in s["json"]]
+    ious += [r["matting_iou"] for r in rejected if "matting_iou" in r]
+    extra = {
+        "stage": STAGE, "stage_version": version, "shard_index": shard_index,
+        "seeds": [seeds[0], seeds[-1] + 1], "attempted": len(seeds), "accepted": len(samples),
+        "rejected": rejected, "num_rejected": len(rejected),
+        "generator": backends.generator.describe(), "matting_backend": backends.matting.describe(),
+    }
+    if ious:
+        extra["matting_iou_mean"] = float(np.mean(ious))
+        extra["matting_iou_min"] = float(np.min(ious))
+    coverage = [s["json"]["alpha_coverage"] for s in samples]
+    if coverage:
+        extra["alpha_coverage_mean"] = float(np.mean(coverage))
+    summary = write_shards(
+        samples, out, samples_per_shard=config.samples_per_shard,
+        config={"stage": STAGE, "code_version": CODE_VERSION, **config.to_record()}, extra=extra,
+    )
+    return summary, False
+
+
+def synthesize_rgba(data_root: str | Path, config: RGBASynthesisConfig,
+                    shards: Sequence[int] | None = None) -> list[ShardSetSummary]:
+    """Every partition (or ``shards``) of the stage; backends are loaded once and only if needed."""
+    config = config.resolved()
+    backends = SynthesisBackends(config)
+    indices = range(config.num_shards) if shards is None else shards
+    return [synthesize_shard(data_root, config, k, backends=backends)[0] for k in indices]
+
+
+def shard_summaries(directory: str | Path) -> list[ShardSetSummary]:
+    """The finished partitions under a stage version directory (unvalidated manifests)."""
+    directory = Path(directory)
+    if (directory / "manifest.json").is_file():
+        return [ShardSetSummary(directory, read_manifest(directory))]
+    return [ShardSetSummary(d, read_manifest(d)) for d in sorted(directory.glob("shard-*"))
+            if d.is_dir() and (d / "manifest.json").is_file()]
+
+
+def preview_grid(summary_or_dir, count: int = 8) -> np.ndarray:  # uint8 [R, n*R, 4]
+    """The first ``count`` images side by side, from a summary, a list of summaries, a partition
+    directory or a stage version directory. An empty selection gives one transparent tile."""
+    if isinstance(summary_or_dir, ShardSetSummary):
+        summaries = [summary_or_dir]
+    elif isinstance(summary_or_dir, (list, tuple)):
+        summaries = list(summary_or_dir)
+    else:
+        summaries = shard_summaries(summary_or_dir)
+    tiles: list[np.ndarray] = []
+    for summary in summaries:
+        if summary.num_samples == 0:
+            continue
+        for sample in iter_samples(summary.directory, validate=False):
+            tiles.append(sample["rgba.png"])
+            if len(tiles) == count:
+                return np.concatenate(tiles, axis=1)
+    if not tiles:
+        res = 8
+        for s in summaries:
+            res = int(s.manifest.get("config", {}).get("resolution", res))
+        return np.zeros((res, res, 4), np.uint8)
+    return np.concatenate(tiles, axis=1)
+
+
+__all__ = ["SynthesisBackends", "alpha_iou", "preview_grid", "shard_summaries", "stage_dir", "synthesize_rgba",
+           "synthesize_shard"]
