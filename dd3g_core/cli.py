@@ -5,6 +5,8 @@
     dd3g render-grid MODEL.ply -o grid.png [--azimuths 0,90,180,270 --elevation 15 ...]
     dd3g world sample --seed 3 -o obj.ply [--num-gaussians 3000] [--preview obj.png]
     dd3g world show-spec --seed 3
+    dd3g teacher pretrain [--preset tiny|smoke] [--out DIR] [--resume/--no-resume] [--export DIR]
+    dd3g teacher export --checkpoint RUN_OR_STEP_DIR --out assets/models/tiny-teacher
 
 Each subcommand registers itself in ``COMMANDS`` (name -> function adding its parser), so
 later stages (teacher, generate, ...) plug in with one ``COMMANDS[...] = ...`` line. Expected
@@ -175,11 +177,58 @@ def _add_world(sub) -> None:
     q.set_defaults(func=_run_world_spec)
 
 
+# -- teacher --------------------------------------------------------------------------------
+
+
+def _run_teacher_pretrain(args) -> int:
+    from .teacher.train import TeacherTrainConfig, pretrain_tiny_teacher
+
+    changes = {}
+    if args.data_dir is not None:
+        changes["data_dir"] = args.data_dir
+    if args.threads is not None:
+        changes["threads"] = args.threads
+    cfg = TeacherTrainConfig.preset(args.preset, **changes)
+    res = pretrain_tiny_teacher(cfg, args.out, resume=args.resume, export_to=args.export, max_steps=args.max_steps)
+    print(json.dumps({"out": str(res.out_dir), "step": res.step, "checkpoint": str(res.checkpoint),
+                      "train_time_s": round(res.train_time_s, 1),
+                      "exported": None if res.exported is None else str(res.exported)}))
+    return 0
+
+
+def _run_teacher_export(args) -> int:
+    from .teacher.train import export_teacher
+
+    print(export_teacher(args.checkpoint, args.out, use_ema=not args.raw))
+    return 0
+
+
+def _add_teacher(sub) -> None:
+    p = sub.add_parser("teacher", help="the tiny multi-view teacher (see docs/teacher.md)")
+    teacher = p.add_subparsers(dest="teacher_command", metavar="{pretrain,export}", required=True)
+    t = teacher.add_parser("pretrain", help="train (or resume training) the tiny teacher on the procedural world")
+    t.add_argument("--preset", choices=["tiny", "smoke"], default="tiny")
+    t.add_argument("--out", default="teacher_run", help="run directory (checkpoints, log.jsonl, data cache)")
+    t.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
+                   help="continue from the newest checkpoint in --out (default) or start over")
+    t.add_argument("--export", default=None, help="write the EMA teacher here at the end (e.g. assets/models/tiny-teacher)")
+    t.add_argument("--max-steps", type=_positive_int, default=None, help="stop at this total step count")
+    t.add_argument("--data-dir", default=None, help="multi-view cache directory (default: OUT/data)")
+    t.add_argument("--threads", type=_positive_int, default=None, help="torch threads (preset default)")
+    t.set_defaults(func=_run_teacher_pretrain)
+    e = teacher.add_parser("export", help="write a training checkpoint's EMA weights as a TinyTeacher folder")
+    e.add_argument("--checkpoint", required=True, help="a run directory (newest checkpoint) or a step_* directory")
+    e.add_argument("--out", required=True, help="output folder, e.g. assets/models/tiny-teacher")
+    e.add_argument("--raw", action="store_true", help="export the raw weights instead of the EMA")
+    e.set_defaults(func=_run_teacher_export)
+
+
 COMMANDS: dict[str, Callable[[argparse._SubParsersAction], None]] = {
     "render-turntable": _add_turntable,
     "render-grid": _add_grid,
     "world": _add_world,
 }
+COMMANDS["teacher"] = _add_teacher
 
 
 def build_parser() -> argparse.ArgumentParser:

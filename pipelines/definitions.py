@@ -4,17 +4,18 @@ from __future__ import annotations
 
 import dagster as dg
 
-from .assets import rgba_images, rgba_images_checks
-from .resources import DD3GSettings
+from .assets import rgba_images, teacher_trajectories, tiny_teacher
+from .resources import DD3GSettings, shard_range_tags
 
-ALL_ASSETS = [rgba_images]
+ALL_ASSETS = [rgba_images, tiny_teacher, teacher_trajectories]
 
-# `distill` runs the whole recipe; later stages join this selection as they land.
-distill_job = dg.define_asset_job("distill", selection=dg.AssetSelection.all(), description="The whole DD3G recipe.")
+# `distill` runs the whole recipe; later stages join this selection as they land. Its tags select the
+# whole shard-partition range, so one run covers every partition (docs/pipeline.md).
+distill_job = dg.define_asset_job("distill", selection=dg.AssetSelection.all(), description="The whole DD3G recipe.",
+                                  tags=shard_range_tags())
 
 defs = dg.Definitions(
     assets=ALL_ASSETS,
-    asset_checks=[rgba_images_checks],
     jobs=[distill_job],
     resources={"settings": DD3GSettings()},
 )

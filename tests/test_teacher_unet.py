@@ -261,7 +261,7 @@ def test_bad_inputs_raise(tiny):
         (dict(context=torch.zeros(B * F, 3, 7)), "context must be"),
         (dict(timesteps=torch.zeros(3)), "timesteps must have shape"),
         (dict(x=torch.zeros(B * F, 4, H, H)), "x must be"),
-        (dict(x=torch.zeros(B * F, 3, 30, 30), ip_img=None), "multiples of 4"),
+        (dict(x=torch.zeros(B * F, 3, 28, 28), ip_img=None), "multiples of 8"),
         (dict(y=torch.zeros(B * F)), "not supported"),
     ]
     for change, message in cases:

@@ -1,3 +1,5 @@
-from .rgba import rgba_images, rgba_images_checks
+from .rgba import rgba_images
+from .teacher import tiny_teacher
+from .trajectories import teacher_trajectories
 
-__all__ = ["rgba_images", "rgba_images_checks"]
+__all__ = ["rgba_images", "teacher_trajectories", "tiny_teacher"]

@@ -1,0 +1,448 @@
+"""Training recipe of the tiny teacher (``pretrain_tiny_teacher``), the CPU analogue of training
+ImageDream on Objaverse renders (see ``docs/teacher.md``, "Training the tiny teacher").
+
+One step, batch of B objects from ``data.MultiViewDataset``:
+
+1. condition = ``teacher.encode_condition(input RGBA 64 px)`` (composite on white, antialias
+   resize to 32 px, image tokens, ``ip_img``); with probability ``cond_drop`` an object's
+   condition is replaced by ``Condition.unconditional()`` (zero image tokens, zero ``ip_img``,
+   the shared null text) — classifier-free guidance dropout, as ImageDream.
+2. x0 = the V = 4 layout views in pixel space (2x - 1) plus an image slot (overwritten by
+   ``ip_img`` inside the U-Net); t ~ U{0..999} per object; N ~ N(0, I) per view;
+   x_t = ``sampler.add_noise``; target = ``sampler.training_target`` (the scheduler's
+   ``v_prediction``).
+3. loss = MSE(U-Net output, target) over the V generated views only (the image slot's output
+   is meaningless), AdamW, linear warmup then constant LR (the real run has no fixed length:
+   it runs in the background until stopped, so a cosine decay has no end to aim at), gradient
+   clipping, EMA of all weights (decay ``min(ema_decay, (1 + step) / (10 + step))``).
+
+Initialisation: the teacher's own seeded init, then (``zero_init``, LDM-style) the last conv of
+every ResBlock, every SpatialTransformer3D ``proj_out`` and the U-Net's output conv are set to
+zero, so every residual block starts as the identity — faster early training. This lives here,
+not in the U-Net class, so a freshly built U-Net (tests, ImageDream loading) is unaffected.
+
+All randomness (init, batch indices, timesteps, noise, dropout masks) comes from one explicit
+CPU ``torch.Generator`` whose state is checkpointed, so resuming gives the same subsequent
+steps as an uninterrupted run (bitwise on the same machine and thread count, as long as the
+data cache does not grow in between: ``MultiViewDataset.refresh`` runs at every checkpoint).
+
+Checkpoints: ``<out>/checkpoints/step_XXXXXXXX/`` written atomically (temp dir + rename) with
+``model.safetensors`` (raw weights), ``ema.safetensors``, ``optimizer.safetensors`` (AdamW
+moments and step counts) and ``state.json`` (step, generator state, AdamW param groups,
+accumulated train time, config, teacher config). No pickle anywhere. The newest
+``keep_checkpoints`` are kept; a ``kill -9`` loses at most ``checkpoint_every`` steps. The loss
+log ``<out>/log.jsonl`` is cut back to the resumed step. ``export_teacher`` writes the EMA
+weights with ``TinyTeacher.save_pretrained``.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import json
+import math
+import os
+import shutil
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import torch
+from torch import Tensor
+
+from ..io import atomic_directory, atomic_write_bytes
+from . import sampler as ddim
+from .config import MultiViewUNetConfig
+from .data import MultiViewDataset, RenderSpec, generate_cache
+from .tiny import TinyTeacher
+
+__all__ = ["TeacherTrainConfig", "TRAIN_PRESETS", "pretrain_tiny_teacher", "export_teacher", "latest_checkpoint",
+           "TrainResult"]
+
+CKPT_DIR = "checkpoints"
+LOG_NAME = "log.jsonl"
+
+
+@dataclass(frozen=True)
+class TeacherTrainConfig:
+    unet_preset: str = "tiny"
+    unet_overrides: Mapping[str, Any] = field(default_factory=dict)  # replace() on the preset (smoke: smaller)
+    data_dir: str | None = None  # None: <out_dir>/data
+    num_objects: int = 16000  # train-split seeds in the cache (~23 ms each to render on one core)
+    shard_size: int = 500
+    input_resolution: int = 64
+    num_gaussians: int = 3000
+    batch_size: int = 32
+    lr: float = 3e-4
+    warmup_steps: int = 300
+    weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.99)
+    grad_clip: float = 1.0
+    ema_decay: float = 0.999
+    cond_drop: float = 0.1
+    max_steps: int = 1_000_000  # "until stopped" for the real run
+    checkpoint_every: int = 100
+    keep_checkpoints: int = 2
+    log_every: int = 10
+    seed: int = 0
+    threads: int = 2
+    zero_init: bool = True
+    generate_data: bool = True  # render missing cache shards before training (in-process)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["unet_overrides"] = dict(self.unet_overrides)
+        d["betas"] = list(self.betas)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "TeacherTrainConfig":
+        d = dict(d)
+        if "betas" in d:
+            d["betas"] = tuple(d["betas"])
+        return cls(**d)
+
+    @classmethod
+    def preset(cls, name: str, **changes: Any) -> "TeacherTrainConfig":
+        if name not in TRAIN_PRESETS:
+            raise ValueError(f"unknown teacher training preset {name!r}; choose from {sorted(TRAIN_PRESETS)}")
+        return dataclasses.replace(TRAIN_PRESETS[name], **changes)
+
+    def unet_config(self) -> MultiViewUNetConfig:
+        cfg = MultiViewUNetConfig.preset(self.unet_preset)
+        ov = dict(self.unet_overrides)
+        return cfg.replace(**ov) if ov else cfg
+
+    def render_spec(self) -> RenderSpec:
+        return RenderSpec(input_resolution=self.input_resolution, num_gaussians=self.num_gaussians)
+
+
+TRAIN_PRESETS: dict[str, TeacherTrainConfig] = {
+    # The real budget: hours of background training on 2 cores (~2.2 s per step of 32 objects).
+    "tiny": TeacherTrainConfig(),
+    # Seconds, for tests: a small U-Net, 8 objects, checkpoints every 2 steps.
+    "smoke": TeacherTrainConfig(
+        unet_overrides={"model_channels": 16, "channel_mult": (1, 2), "attention_resolutions": (2,),
+                        "num_res_blocks": 1, "num_head_channels": 16, "context_dim": 32, "resampler_depth": 1},
+        num_objects=8, shard_size=4, num_gaussians=400, batch_size=2, lr=1e-3,
+        warmup_steps=2, max_steps=6, checkpoint_every=2, log_every=1, threads=1, ema_decay=0.9,
+    ),
+}
+
+
+@dataclass
+class TrainResult:
+    out_dir: Path
+    step: int
+    checkpoint: Path | None
+    losses: list[float]  # per step, this call only
+    train_time_s: float
+    exported: Path | None = None
+
+
+# ------------------------------------------------------------------------------ helpers
+
+
+def build_teacher(config: TeacherTrainConfig) -> TinyTeacher:
+    teacher = TinyTeacher(unet_config=config.unet_config(), seed=config.seed)
+    if config.zero_init:
+        zero_init_residuals(teacher)
+    return teacher
+
+
+def zero_init_residuals(teacher: TinyTeacher) -> None:
+    """Zero the last conv of every ResBlock, every transformer ``proj_out`` and the output conv."""
+    from .attention import SpatialTransformer3D
+    from .blocks import ResBlock
+
+    with torch.no_grad():
+        for m in teacher.unet.modules():
+            if isinstance(m, ResBlock):
+                last = m.out_layers[-1]
+            elif isinstance(m, SpatialTransformer3D):
+                last = m.proj_out
+            else:
+                continue
+            last.weight.zero_()
+            if last.bias is not None:
+                last.bias.zero_()
+        teacher.unet.out[-1].weight.zero_()
+        teacher.unet.out[-1].bias.zero_()
+
+
+def lr_at(config: TeacherTrainConfig, step: int) -> float:
+    """Linear warmup over ``warmup_steps`` then constant (``step`` counts from 0)."""
+    if config.warmup_steps > 0 and step < config.warmup_steps:
+        return config.lr * (step + 1) / config.warmup_steps
+    return config.lr
+
+
+def latest_checkpoint(out_dir: str | Path) -> Path | None:
+    d = Path(out_dir) / CKPT_DIR
+    if not d.is_dir():
+        return None
+    cands = sorted(p for p in d.iterdir() if p.is_dir() and p.name.startswith("step_")
+                   and (p / "state.json").is_file())
+    return cands[-1] if cands else None
+
+
+def _gen_state_to_str(gen: torch.Generator) -> str:
+    return base64.b64encode(gen.get_state().numpy().tobytes()).decode()
+
+
+def _gen_state_from_str(s: str) -> Tensor:
+    import numpy as np
+
+    return torch.from_numpy(np.frombuffer(base64.b64decode(s), dtype=np.uint8).copy())
+
+
+def _optimizer_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, Tensor], list[dict]]:
+    sd = opt.state_dict()
+    tensors = {}
+    for idx, st in sd["state"].items():
+        for k, v in st.items():
+            t = v if isinstance(v, Tensor) else torch.tensor(v)
+            tensors[f"{idx}.{k}"] = t.detach().cpu().contiguous()
+    groups = [{k: (list(v) if isinstance(v, tuple) else v) for k, v in g.items()} for g in sd["param_groups"]]
+    return tensors, groups
+
+
+def _load_optimizer(opt: torch.optim.Optimizer, tensors: Mapping[str, Tensor], groups: list[dict]) -> None:
+    state: dict[int, dict[str, Tensor]] = {}
+    for key, t in tensors.items():
+        idx, name = key.split(".", 1)
+        state.setdefault(int(idx), {})[name] = t
+    for g in groups:
+        if "betas" in g:
+            g["betas"] = tuple(g["betas"])
+    opt.load_state_dict({"state": state, "param_groups": groups})
+
+
+class _Stop:
+    """SIGTERM/SIGINT -> finish the current step, checkpoint, return."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._old: dict[int, Any] = {}
+
+    def __enter__(self) -> "_Stop":
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:  # noqa: ARG002
+        self.requested = True
+
+    def __exit__(self, *exc) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+
+# ------------------------------------------------------------------------------ checkpoints
+
+
+def save_checkpoint(out_dir: Path, step: int, teacher: TinyTeacher, ema: dict[str, Tensor],
+                    opt: torch.optim.Optimizer, gen: torch.Generator, config: TeacherTrainConfig,
+                    train_time_s: float, keep: int) -> Path:
+    from safetensors.torch import save_file
+
+    path = out_dir / CKPT_DIR / f"step_{step:08d}"
+    opt_tensors, groups = _optimizer_tensors(opt)
+    with atomic_directory(path) as tmp:
+        save_file({k: v.detach().contiguous() for k, v in teacher.state_dict().items()}, str(tmp / "model.safetensors"))
+        save_file({k: v.contiguous() for k, v in ema.items()}, str(tmp / "ema.safetensors"))
+        save_file(opt_tensors, str(tmp / "optimizer.safetensors"))
+        state = {"step": step, "generator_state": _gen_state_to_str(gen), "param_groups": groups,
+                 "train_time_s": train_time_s, "config": config.to_dict(), "teacher_config": teacher.to_config(),
+                 "torch_version": torch.__version__, "saved_at": time.time()}
+        atomic_write_bytes(tmp / "state.json", (json.dumps(state, indent=1) + "\n").encode())
+    ckpts = sorted(p for p in (out_dir / CKPT_DIR).iterdir() if p.is_dir() and p.name.startswith("step_"))
+    for old in ckpts[:-keep] if keep > 0 else []:
+        shutil.rmtree(old, ignore_errors=True)
+    return path
+
+
+def _truncate_log(log_path: Path, step: int) -> None:
+    """Drop log lines past ``step`` (they belong to steps the resumed run will redo)."""
+    if not log_path.exists():
+        return
+    keep = []
+    for line in log_path.read_text().splitlines():
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # a torn last line of a killed run
+        if rec.get("step", 0) <= step:
+            keep.append(line)
+    atomic_write_bytes(log_path, ("\n".join(keep) + "\n" if keep else "").encode())
+
+
+# ------------------------------------------------------------------------------ training
+
+
+def pretrain_tiny_teacher(
+    config: TeacherTrainConfig | str = "tiny",
+    out_dir: str | Path = "teacher_run",
+    resume: bool = True,
+    export_to: str | Path | None = None,  # also write the EMA teacher here (save_pretrained) at the end
+    max_steps: int | None = None,  # override config.max_steps (e.g. a bounded run)
+    on_step: Callable[[int, float], None] | None = None,  # (step, loss) after every step (tests)
+) -> TrainResult:
+    """Train (or continue training) the tiny teacher; see the module doc for the recipe.
+
+    Outputs in ``out_dir``: ``checkpoints/``, ``log.jsonl``, ``data/`` (unless ``config.data_dir``),
+    ``teacher/`` (EMA export, written at the end). ``resume=False`` starts over (old checkpoints
+    and log in ``out_dir`` are removed).
+    """
+    from safetensors.torch import load_file
+
+    cfg = TeacherTrainConfig.preset(config) if isinstance(config, str) else config
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    total_steps = cfg.max_steps if max_steps is None else int(max_steps)
+    torch.set_num_threads(max(1, int(cfg.threads)))
+
+    data_dir = Path(cfg.data_dir) if cfg.data_dir else out / "data"
+    if cfg.generate_data:
+        generate_cache(data_dir, cfg.num_objects, cfg.shard_size, cfg.render_spec())
+    data = MultiViewDataset(data_dir, max_objects=cfg.num_objects)
+
+    teacher = build_teacher(cfg)
+    teacher.train()
+    params = [p for p in teacher.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
+    gen = torch.Generator("cpu").manual_seed(int(cfg.seed) + 1)
+    step, train_time = 0, 0.0
+    log_path = out / LOG_NAME
+
+    ckpt = latest_checkpoint(out) if resume else None
+    if not resume:
+        shutil.rmtree(out / CKPT_DIR, ignore_errors=True)
+        log_path.unlink(missing_ok=True)
+    if ckpt is not None:
+        state = json.loads((ckpt / "state.json").read_text())
+        teacher.load_state_dict(load_file(str(ckpt / "model.safetensors")), strict=True)
+        ema = load_file(str(ckpt / "ema.safetensors"))
+        _load_optimizer(opt, load_file(str(ckpt / "optimizer.safetensors")), state["param_groups"])
+        gen.set_state(_gen_state_from_str(state["generator_state"]))
+        step, train_time = int(state["step"]), float(state["train_time_s"])
+        _truncate_log(log_path, step)
+    else:
+        ema = {k: v.detach().clone() for k, v in teacher.state_dict().items()}
+
+    sched = teacher.scheduler
+    num_t = int(sched.config.num_train_timesteps)
+    v_views = teacher.num_views
+    emb = teacher.cameras().embedding  # [F, D]
+    losses: list[float] = []
+    window: list[float] = []
+    win_t0, win_steps = time.perf_counter(), 0
+    last_ckpt = ckpt
+
+    with _Stop() as stop, open(log_path, "a") as log:
+        if ckpt is None:
+            log.write(json.dumps({"event": "start", "step": 0, "config": cfg.to_dict(), "objects": len(data),
+                                  "parameters": sum(p.numel() for p in params)}) + "\n")
+        else:
+            log.write(json.dumps({"event": "resume", "step": step, "from": str(ckpt), "objects": len(data)}) + "\n")
+        log.flush()
+        while step < total_steps and not stop.requested:
+            t0 = time.perf_counter()
+            b = cfg.batch_size
+            idx = torch.randint(0, len(data), (b,), generator=gen)
+            t = torch.randint(0, num_t, (b,), generator=gen)
+            noise = torch.randn((b, v_views + 1, 3, teacher.latent_resolution, teacher.latent_resolution), generator=gen)
+            drop = torch.rand((b,), generator=gen) < cfg.cond_drop
+            inputs, views = data.batch(idx)
+
+            cond = teacher.encode_condition(inputs)
+            if cfg.cond_drop > 0:
+                cond = cond.drop(drop)
+            x0 = views.float().div(255.0).mul(2.0).sub(1.0)  # [B, V, 3, R, R] pixel latents
+            x0 = torch.cat([x0, torch.zeros_like(x0[:, :1])], dim=1)  # image slot (replaced by ip_img)
+            abar = ddim.alpha_bar(sched, t)
+            x_t = ddim.add_noise(x0, noise, abar)
+            target = ddim.training_target(x0, noise, abar, teacher.prediction_type)
+            out_ = ddim.guided_unet_output(teacher.unet, x_t, t, cond, emb.expand(b, -1, -1), 1.0)
+            loss = torch.nn.functional.mse_loss(out_[:, :v_views], target[:, :v_views])
+
+            lr = lr_at(cfg, step)
+            for g in opt.param_groups:
+                g["lr"] = lr
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            gnorm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip) if cfg.grad_clip > 0 else torch.tensor(0.0)
+            opt.step()
+            step += 1
+            with torch.no_grad():
+                decay = min(cfg.ema_decay, (1.0 + step) / (10.0 + step))
+                sd = teacher.state_dict()
+                for k, e in ema.items():
+                    e.lerp_(sd[k].detach(), 1.0 - decay)
+            dt = time.perf_counter() - t0
+            train_time += dt
+            lv = float(loss.detach())
+            if not math.isfinite(lv):
+                raise FloatingPointError(f"non-finite loss {lv} at step {step}")
+            losses.append(lv)
+            window.append(lv)
+            win_steps += 1
+            if on_step is not None:
+                on_step(step, lv)
+            if step % cfg.log_every == 0 or step == total_steps:
+                el = time.perf_counter() - win_t0
+                log.write(json.dumps({"step": step, "loss": sum(window) / len(window), "lr": lr,
+                                      "grad_norm": float(gnorm), "s_per_step": el / win_steps,
+                                      "samples_per_s": win_steps * b / el, "objects": len(data),
+                                      "train_time_s": round(train_time, 2), "time": time.time()}) + "\n")
+                log.flush()
+                window, win_t0, win_steps = [], time.perf_counter(), 0
+            if step % cfg.checkpoint_every == 0 or step == total_steps or stop.requested:
+                last_ckpt = save_checkpoint(out, step, teacher, ema, opt, gen, cfg, train_time, cfg.keep_checkpoints)
+                data.refresh()
+        if stop.requested and (last_ckpt is None or not last_ckpt.name.endswith(f"{step:08d}")):
+            last_ckpt = save_checkpoint(out, step, teacher, ema, opt, gen, cfg, train_time, cfg.keep_checkpoints)
+        if stop.requested:
+            log.write(json.dumps({"event": "stopped", "step": step}) + "\n")
+
+    exported = None
+    if export_to is not None and last_ckpt is not None:
+        exported = export_teacher(last_ckpt, export_to)
+    return TrainResult(out, step, last_ckpt, losses, train_time, exported)
+
+
+def export_teacher(checkpoint: str | Path, out: str | Path, use_ema: bool = True) -> Path:
+    """Write a checkpoint's EMA (or raw) weights as a ``TinyTeacher.save_pretrained`` folder.
+
+    ``checkpoint``: a ``step_*`` directory or a training ``out_dir`` (its latest checkpoint).
+    """
+    from safetensors.torch import load_file
+
+    ck = Path(checkpoint)
+    if not (ck / "state.json").is_file():
+        latest = latest_checkpoint(ck)
+        if latest is None:
+            raise FileNotFoundError(f"no teacher training checkpoint in {ck} (expected state.json or "
+                                    f"{CKPT_DIR}/step_*/state.json)")
+        ck = latest
+    state = json.loads((ck / "state.json").read_text())
+    teacher = TinyTeacher.from_config(state["teacher_config"])
+    sd = load_file(str(ck / ("ema.safetensors" if use_ema else "model.safetensors")))
+    return teacher.save_pretrained(out, state_dict=sd)
+
+
+def checkpoint_step(checkpoint: str | Path) -> int:
+    return int(json.loads((Path(checkpoint) / "state.json").read_text())["step"])
+
+
+if __name__ == "__main__":  # pragma: no cover - convenience: python -m dd3g_core.teacher.train OUT
+    import sys
+
+    os.environ.setdefault("OMP_NUM_THREADS", "2")
+    res = pretrain_tiny_teacher("tiny", sys.argv[1] if len(sys.argv) > 1 else "teacher_run")
+    print(res.step, res.checkpoint)

@@ -1,0 +1,397 @@
+"""Stage 2, ``teacher_trajectories``: the teacher's deterministic DDIM answers, cached as shards.
+
+For every RGBA image II of one ``rgba_images`` shard and each of K noise draws N, the teacher
+samples its V views OI with deterministic DDIM (eta = 0) at its cameras C. OI is a function of
+(N, C, II) only, so a cached sample can be re-run and checked (DESIGN §1, §3).
+
+Output, one partition per upstream shard::
+
+    <data_root>/teacher_trajectories/<version>/shard-{index:05d}/shard-000000.tar ... manifest.json
+
+``version`` hashes this module's ``CODE_VERSION``, the resolved :class:`TrajectoryCacheConfig`,
+``teacher.config_hash()`` (config + weights) and the upstream ``rgba_images`` version.
+
+Per sample (key ``<rgba key>_d<draw:02d>``), all arrays saved with ``allow_pickle=False``:
+
+=================  ========================================  ==================================
+field              content                                   dtype / shape
+=================  ========================================  ==================================
+``input.png``      II, the RGBA image exactly as upstream     uint8 [H, W, 4]
+``noise.npy``      N, the initial DDIM state, all slots       float32 [V+1, C, h, w]
+``cameras.npy``    C, the U-Net camera embedding              float32 [V+1, 16] (last row zeros)
+``viewmats.npy``   render cameras of the V views (gsplat)     float32 [V, 4, 4] world -> camera
+``ks.npy``         their intrinsics Ks (pixels, at OI size)  float32 [V, 3, 3]
+``views.npy``      OI, the decoded output views in [0, 1]     ``store_dtype`` [V, 3, H, W]
+``xt.npy``         x before DDIM step i, i in ``xt_steps``    ``store_dtype`` [S, V+1, C, h, w]
+``json``           record (below)
+=================  ========================================  ==================================
+
+``store_dtype`` is float32 in the tiny/smoke presets (OI reproduces bit-exactly, see below) and
+float16 in ``full`` (256² latents: a float32 cache of 120k x K samples is too large; float16
+keeps OI to ~5e-4, far below what the student can fit).
+
+The ``json`` record: teacher id + config hash, prediction type, scheduler config, steps,
+guidance, eta = 0, the DDIM timesteps, ``xt_steps`` and their timesteps, the noise seed
+(``noise_seed(rgba_key, draw, config.seed)``: sha256 of key and draw, so it does not depend on
+shard layout or batch), the source rgba key / shard / upstream version, the batch the sample was
+computed in (``batch.index/size/position``) and the torch thread count.
+
+Reproducibility: re-running ``teacher.sample(II, N, cameras=C, steps, guidance)`` reproduces OI
+bit for bit when the batch composition and the thread count are those recorded (CPU kernels are
+deterministic for a fixed shape and thread count). With another batch size or thread count,
+float32 reductions are ordered differently and OI differs by ~1e-6 (max abs): compare with a
+tolerance of 1e-5 then (``tests/test_trajectories.py`` does both).
+
+Batching: B = ``config.batch_size`` (image, draw) pairs go through one ``teacher.sample`` call.
+Rejects (recorded in the manifest under ``rejects`` with key and reason, never written):
+undecodable / non-square / tiny / fully transparent images, and non-finite teacher outputs
+(NaN/Inf in OI or x_t). A batch whose ``sample`` call raises is re-run sample by sample so one bad
+input only rejects itself.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from collections.abc import Mapping
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+
+from .io import stable_hash
+from .shards import (
+    SampleDecodeError, ShardSetSummary, ShardValidationError, SkipRecorder, decode_image, read_manifest,
+    validate_shards, write_shards,
+)
+
+STAGE = "teacher_trajectories"
+CODE_VERSION = "1"  # bump when the content of a cached sample changes for the same config + teacher
+IMAGE_FIELD_CANDIDATES = ("rgba.png", "png", "input.png", "rgba.webp", "jpg")
+MIN_IMAGE_SIZE = 8
+STORE_DTYPES = {"float32": np.float32, "float16": np.float16}
+
+__all__ = [
+    "TrajectoryCacheConfig", "PRESETS", "STAGE", "CODE_VERSION", "stage_version", "stage_dir", "shard_dir",
+    "cache_shard", "noise_seed", "content_hash", "upstream_version", "load_sample", "reproduce_views",
+]
+
+
+@dataclass(frozen=True)
+class TrajectoryCacheConfig:
+    """How the teacher's trajectories are cached (see the module doc).
+
+    ``steps``/``guidance`` None = the teacher's ``default_steps``/``default_guidance`` (resolved
+    values are recorded per sample; the version covers them through ``teacher.config_hash()``).
+    ``record_steps``: DDIM step indices i whose input state x_i is kept (0 = the noise itself,
+    must be < steps). ``batch_size``: (image, draw) pairs per ``teacher.sample`` call.
+    ``samples_per_shard``: samples per tar file of the output shard set. ``seed``: mixed into
+    every noise seed (another seed = another set of draws).
+    """
+
+    num_noise_draws: int = 4
+    steps: int | None = 25
+    guidance: float | None = None
+    record_steps: tuple[int, ...] = (5, 10, 15, 20)
+    batch_size: int = 16
+    samples_per_shard: int = 256
+    seed: int = 0
+    store_dtype: str = "float32"
+
+    def __post_init__(self) -> None:
+        if self.num_noise_draws < 1:
+            raise ValueError("num_noise_draws must be >= 1")
+        if self.steps is not None and self.steps < 1:
+            raise ValueError("steps must be >= 1")
+        if self.batch_size < 1 or self.samples_per_shard < 1:
+            raise ValueError("batch_size and samples_per_shard must be >= 1")
+        if self.store_dtype not in STORE_DTYPES:
+            raise ValueError(f"store_dtype must be one of {sorted(STORE_DTYPES)}, got {self.store_dtype!r}")
+        rs = tuple(int(i) for i in self.record_steps)
+        if list(rs) != sorted(set(rs)) or any(i < 0 for i in rs):
+            raise ValueError(f"record_steps must be increasing, distinct and >= 0, got {self.record_steps}")
+        if self.steps is not None and rs and rs[-1] >= self.steps:
+            raise ValueError(f"record_steps {rs} must be < steps={self.steps}")
+        object.__setattr__(self, "record_steps", rs)
+
+    def resolved(self, teacher) -> "TrajectoryCacheConfig":
+        steps = teacher.default_steps if self.steps is None else self.steps
+        guidance = teacher.default_guidance if self.guidance is None else self.guidance
+        if self.record_steps and self.record_steps[-1] >= steps:
+            raise ValueError(f"record_steps {self.record_steps} must be < the teacher's {steps} steps")
+        return replace(self, steps=int(steps), guidance=float(guidance))
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["record_steps"] = list(self.record_steps)
+        return d
+
+
+PRESETS: dict[str, TrajectoryCacheConfig] = {
+    "tiny": TrajectoryCacheConfig(),
+    # seconds, for tests: CFG on (guidance 2) so the guided path is exercised
+    "smoke": TrajectoryCacheConfig(num_noise_draws=2, steps=3, guidance=2.0, record_steps=(1,), batch_size=4,
+                                   samples_per_shard=4),
+    "full": TrajectoryCacheConfig(num_noise_draws=4, steps=50, guidance=5.0, record_steps=(10, 20, 30, 40),
+                                  batch_size=8, samples_per_shard=64, store_dtype="float16"),
+}
+
+
+# ------------------------------------------------------------------------------------ versions
+
+
+def content_hash(summary_or_manifest: ShardSetSummary | dict) -> str:
+    """Hash of a shard set's shard sha256s (its ``DataVersion``)."""
+    m = summary_or_manifest.manifest if isinstance(summary_or_manifest, ShardSetSummary) else summary_or_manifest
+    return stable_hash([f["sha256"] for f in m.get("files", [])])
+
+
+def upstream_version(rgba_shard_dir: str | Path, manifest: dict | None = None) -> str:
+    """The ``rgba_images`` version of a shard dir: its manifest's ``stage_version`` if recorded,
+    else the name of its parent (``rgba_images/<version>/shard-NNNNN``)."""
+    manifest = read_manifest(rgba_shard_dir) if manifest is None else manifest
+    return str(manifest.get("stage_version") or manifest.get("version") or Path(rgba_shard_dir).resolve().parent.name)
+
+
+def stage_version(config: TrajectoryCacheConfig, teacher_config_hash: str, rgba_version: str) -> str:
+    return stable_hash({"stage": STAGE, "code_version": CODE_VERSION, "config": config.to_dict(),
+                        "teacher": teacher_config_hash, "upstream": {"rgba_images": rgba_version}})
+
+
+def stage_dir(data_root: str | Path, config: TrajectoryCacheConfig, teacher_config_hash: str,
+              rgba_version: str) -> Path:
+    return Path(data_root) / STAGE / stage_version(config, teacher_config_hash, rgba_version)
+
+
+def shard_dir(data_root: str | Path, config: TrajectoryCacheConfig, teacher_config_hash: str,
+              rgba_version: str, shard_index: int) -> Path:
+    return stage_dir(data_root, config, teacher_config_hash, rgba_version) / f"shard-{int(shard_index):05d}"
+
+
+def noise_seed(rgba_key: str, draw: int, base_seed: int = 0) -> int:
+    """63-bit seed of noise draw ``draw`` for image ``rgba_key`` (independent of batch/shard layout)."""
+    digest = hashlib.sha256(f"{base_seed}/{rgba_key}/{int(draw)}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+
+
+# ------------------------------------------------------------------------------------- caching
+
+
+@dataclass
+class _Item:
+    key: str  # output sample key
+    rgba_key: str
+    draw: int
+    image: np.ndarray  # uint8 [H, W, 4]
+    seed: int
+
+
+def _iter_rgba(summary: ShardSetSummary, rejects: list[dict]) -> Iterator[tuple[str, np.ndarray]]:
+    """Decoded, checked RGBA images of an upstream shard set; failures go to ``rejects``."""
+    import webdataset as wds
+
+    recorder = SkipRecorder()
+    urls = [str(p) for p in summary.shard_paths]
+    if not urls:
+        return
+    ds = wds.WebDataset(urls, shardshuffle=False, empty_check=False, handler=recorder)
+    for raw in ds:
+        key = str(raw.get("__key__"))
+        try:
+            name = next((n for n in IMAGE_FIELD_CANDIDATES if n in raw), None)
+            if name is None:
+                raise SampleDecodeError(key, "", f"no image field (looked for {IMAGE_FIELD_CANDIDATES})")
+            try:
+                img = decode_image(raw[name], "rgba8")
+            except Exception as e:  # noqa: BLE001
+                raise SampleDecodeError(key, name, f"undecodable image: {type(e).__name__}: {e}") from e
+            h, w = img.shape[:2]
+            if h != w:
+                raise SampleDecodeError(key, name, f"image is {h}x{w}, the teacher needs square inputs")
+            if h < MIN_IMAGE_SIZE:
+                raise SampleDecodeError(key, name, f"image is {h}x{w}, smaller than {MIN_IMAGE_SIZE}x{MIN_IMAGE_SIZE}")
+            if int(img[..., 3].max()) == 0:
+                raise SampleDecodeError(key, name, "image is fully transparent")
+        except SampleDecodeError as e:
+            rejects.append({"key": key, "stage": "input", "reason": str(e.reason)})
+            continue
+        yield key, img
+    for rec in recorder.skipped:
+        rejects.append({"key": rec["key"], "stage": "read", "reason": rec["reason"]})
+
+
+def _batches(items: Iterator[_Item], batch_size: int) -> Iterator[list[_Item]]:
+    """Consecutive items, at most ``batch_size`` per batch, one image size per batch."""
+    batch: list[_Item] = []
+    for it in items:
+        if batch and (len(batch) >= batch_size or batch[0].image.shape != it.image.shape):
+            yield batch
+            batch = []
+        batch.append(it)
+    if batch:
+        yield batch
+
+
+def _to_np(t: torch.Tensor, dtype) -> np.ndarray:
+    return t.detach().cpu().float().numpy().astype(dtype, copy=False)
+
+
+def cache_shard(
+    data_root: str | Path,
+    rgba_shard_dir: str | Path,
+    teacher,
+    config: TrajectoryCacheConfig,
+    shard_index: int,
+    force: bool = False,
+) -> tuple[ShardSetSummary, bool]:
+    """Cache the teacher's trajectories for one ``rgba_images`` shard (one Dagster partition).
+
+    Returns ``(summary, cache_hit)``. A cache hit = the output dir exists, validates against its
+    manifest and was built from the same upstream content (shard sha256s); otherwise the shard set
+    is (re)built atomically. ``teacher``: a ``MultiViewTeacher`` (eval mode is set by ``sample``).
+    """
+    rgba = validate_shards(rgba_shard_dir)
+    up_version = upstream_version(rgba_shard_dir, rgba.manifest)
+    up_hash = content_hash(rgba)
+    t_hash = teacher.config_hash()
+    version = stage_version(config, t_hash, up_version)
+    out = shard_dir(data_root, config, t_hash, up_version, shard_index)
+    if not force and (out / "manifest.json").is_file():
+        try:
+            summary = validate_shards(out)
+            if summary.manifest.get("upstream", {}).get("content_hash") == up_hash:
+                return summary, True
+        except ShardValidationError:
+            pass  # rebuilt below (atomically replaces the bad directory)
+
+    cfg = config.resolved(teacher)
+    store = STORE_DTYPES[cfg.store_dtype]
+    cams = teacher.cameras()
+    emb = cams.embedding.detach().cpu().float().numpy()
+    viewmats = cams.viewmats.detach().cpu().float().numpy()
+    Ks = cams.Ks.detach().cpu().float().numpy()
+    sched = {k: v for k, v in dict(teacher.scheduler.config).items() if not k.startswith("_")}
+    rejects: list[dict] = []
+    stats = {"batches": 0, "teacher_seconds": 0.0, "images": 0}
+    extra: dict[str, Any] = {  # filled while write_shards consumes the generator (read after the loop)
+        "stage": STAGE, "stage_version": version, "code_version": CODE_VERSION, "shard_index": int(shard_index),
+        "teacher": {"teacher_id": teacher.teacher_id, "config_hash": t_hash,
+                    "prediction_type": teacher.prediction_type},
+        "scheduler": sched,
+        "upstream": {"stage": "rgba_images", "version": up_version, "shard_dir": str(Path(rgba_shard_dir)),
+                     "content_hash": up_hash, "num_samples": rgba.num_samples},
+        "rejects": rejects, "stats": stats,
+    }
+
+    def items() -> Iterator[_Item]:
+        for rgba_key, img in _iter_rgba(rgba, rejects):
+            stats["images"] += 1
+            for d in range(cfg.num_noise_draws):
+                yield _Item(f"{rgba_key}_d{d:02d}", rgba_key, d, img, noise_seed(rgba_key, d, cfg.seed))
+
+    def run(batch: list[_Item]):
+        images = torch.from_numpy(np.stack([it.image for it in batch])).permute(0, 3, 1, 2).contiguous()
+        noise = torch.cat([teacher.draw_noise(1, it.seed) for it in batch])
+        t0 = time.perf_counter()
+        out_ = teacher.sample(images, noise, cameras=cams, steps=cfg.steps, guidance=cfg.guidance,
+                              record_steps=cfg.record_steps)
+        stats["teacher_seconds"] += time.perf_counter() - t0
+        return noise, out_
+
+    def samples() -> Iterator[dict]:
+        threads = torch.get_num_threads()
+        for bi, batch in enumerate(_batches(items(), cfg.batch_size)):
+            stats["batches"] += 1
+            try:
+                groups = [(batch, run(batch))]
+            except Exception:  # noqa: BLE001 - isolate the bad input(s)
+                groups = []
+                for it in batch:
+                    try:
+                        groups.append(([it], run([it])))
+                    except Exception as e:  # noqa: BLE001
+                        rejects.append({"key": it.key, "rgba_key": it.rgba_key, "draw": it.draw, "stage": "teacher",
+                                        "reason": f"teacher.sample failed: {type(e).__name__}: {e}"})
+            for members, (noise, res) in groups:
+                xt = torch.stack([res.trajectory[i] for i in cfg.record_steps], 1) if cfg.record_steps else None
+                timesteps = [int(t) for t in res.timesteps.tolist()]
+                for j, it in enumerate(members):
+                    views = res.images[j]
+                    finite = bool(torch.isfinite(views).all() and torch.isfinite(res.latents[j]).all()
+                                  and (xt is None or torch.isfinite(xt[j]).all()))
+                    if not finite:
+                        rejects.append({"key": it.key, "rgba_key": it.rgba_key, "draw": it.draw, "stage": "teacher",
+                                        "reason": "non-finite teacher output (NaN/Inf in OI, final latents or x_t)"})
+                        continue
+                    rec = {
+                        "__key__": it.key,
+                        "input.png": it.image,
+                        "noise.npy": noise[j].cpu().numpy().astype(np.float32),
+                        "cameras.npy": emb, "viewmats.npy": viewmats, "ks.npy": Ks,
+                        "views.npy": _to_np(views, store),
+                        "xt.npy": (_to_np(xt[j], store) if xt is not None
+                                   else np.zeros((0, *noise.shape[1:]), store)),
+                        "json": {
+                            "teacher_id": teacher.teacher_id, "teacher_config_hash": t_hash,
+                            "prediction_type": teacher.prediction_type, "scheduler": sched,
+                            "steps": cfg.steps, "guidance": cfg.guidance, "eta": 0.0, "timesteps": timesteps,
+                            "xt_steps": list(cfg.record_steps),
+                            "xt_timesteps": [timesteps[i] for i in cfg.record_steps],
+                            "noise_seed": it.seed, "draw": it.draw, "base_seed": cfg.seed,
+                            "seed_rule": "sha256(f'{base_seed}/{rgba_key}/{draw}')[:8] little-endian & (2^63-1)",
+                            "rgba_key": it.rgba_key, "rgba_shard": int(shard_index),
+                            "upstream_version": up_version, "stage_version": version,
+                            "batch": {"index": bi, "size": len(members), "position": j},
+                            "torch_threads": threads, "store_dtype": cfg.store_dtype,
+                            "views_shape": list(views.shape),
+                        },
+                    }
+                    yield rec
+
+    t0 = time.perf_counter()
+    summary = write_shards(samples(), out, samples_per_shard=cfg.samples_per_shard, config=cfg.to_dict(),
+                           extra=_Lazy(extra))
+    stats["wall_seconds"] = time.perf_counter() - t0
+    return summary, False
+
+
+class _Lazy(Mapping):
+    """A mapping whose ``dict(...)`` copy is taken when ``write_shards`` builds the manifest, i.e. after
+    the sample generator (which fills ``rejects``/``stats``) is exhausted."""
+
+    def __init__(self, target: dict):
+        self._target = target
+
+    def __getitem__(self, k):
+        return self._target[k]
+
+    def __iter__(self):
+        return iter(self._target)
+
+    def __len__(self):
+        return len(self._target)
+
+
+# -------------------------------------------------------------------------------------- reading
+
+
+def load_sample(shard_set_dir: str | Path, key: str) -> dict:
+    """One decoded cached sample by key (validates the shard set; linear scan: for tests/inspection)."""
+    from .shards import iter_samples
+
+    for s in iter_samples(shard_set_dir):
+        if s["__key__"] == key:
+            return s
+    raise KeyError(f"no sample {key!r} in {shard_set_dir}")
+
+
+def reproduce_views(teacher, samples: list[dict]) -> torch.Tensor:  # -> OI [B, V, 3, H, W] float32
+    """Re-run the teacher on the cached (N, C, II) of ``samples`` (decoded records, one batch)."""
+    rec = samples[0]["json"]
+    images = torch.from_numpy(np.stack([s["input.png"] for s in samples])).permute(0, 3, 1, 2).contiguous()
+    noise = torch.from_numpy(np.stack([s["noise.npy"] for s in samples]))
+    emb = torch.from_numpy(np.asarray(samples[0]["cameras.npy"]))
+    out = teacher.sample(images, noise, cameras=emb, steps=rec["steps"], guidance=rec["guidance"])
+    return out.images.float().cpu()
