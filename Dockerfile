@@ -29,7 +29,7 @@ COPY dd3g_core ./dd3g_core
 COPY pipelines ./pipelines
 COPY assets ./assets
 COPY workspace.yaml ./
-RUN pip install -e ".[pipeline]" && mkdir -p "$DAGSTER_HOME"
+RUN pip install -e ".[pipeline,train]" "rembg[gpu]>=2.0.50" && mkdir -p "$DAGSTER_HOME"
 
 # Compile gsplat's CUDA kernels at build time when the builder has a GPU toolchain
 # (no GPU is needed to compile). Failure here only means it compiles on first use instead.
