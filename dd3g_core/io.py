@@ -85,6 +85,7 @@ def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
     os.chmod(tmp, 0o777 & ~_umask())
     try:
         yield tmp
+        _publish_permissions(tmp)
         if path.exists():
             old = path.with_name(f"{TMP_PREFIX}{path.name}.old.{os.getpid()}")
             os.replace(path, old)
@@ -95,6 +96,15 @@ def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _publish_permissions(root: Path) -> None:
+    """Files some writers create privately (mkstemp, safetensors: 0600) follow the umask once
+    published, like any other output of the stage."""
+    mode = 0o666 & ~_umask()
+    for p in root.rglob("*"):
+        if p.is_file():
+            os.chmod(p, mode)
 
 
 def _owner_alive(tmp_dir: Path) -> bool:
