@@ -10,6 +10,7 @@ the same variable; keep them equal (an asset refuses a partition key its profile
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 import dagster as dg
@@ -92,3 +93,11 @@ def shard_range_tags(partitions: dg.StaticPartitionsDefinition = SHARD_PARTITION
     unpartitioned assets of the same job run once, as usual."""
     keys = partitions.get_partition_keys()
     return {"dagster/asset_partition_range_start": keys[0], "dagster/asset_partition_range_end": keys[-1]}
+
+
+def shard_asset(**asset_kwargs):
+    """``dg.asset`` for a stage partitioned by shard: one partition per shard, and a single-run
+    backfill policy so a whole partition range (the ``distill`` job) runs as one step."""
+    with warnings.catch_warnings():  # backfill_policy is a beta parameter in dagster 1.13
+        warnings.simplefilter("ignore", dg.BetaWarning)
+        return dg.asset(partitions_def=SHARD_PARTITIONS, backfill_policy=dg.BackfillPolicy.single_run(), **asset_kwargs)

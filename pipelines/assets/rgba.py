@@ -17,7 +17,6 @@ rejected = attempted) and
 
 import numpy as np
 
-import warnings
 
 import dagster as dg
 
@@ -26,7 +25,7 @@ from dd3g_core.io import stable_hash
 from dd3g_core.shards import ShardSetSummary, ShardValidationError, iter_samples, validate_shards
 
 from ..preview import image_markdown
-from ..resources import SHARD_PARTITIONS, DD3GSettings
+from ..resources import DD3GSettings, shard_asset
 
 CODE_VERSION = f"rgba-{synthesis.CODE_VERSION}.asset-1"
 ALPHA_COVERAGE_RANGE = (0.01, 0.9)  # share of pixels with alpha > 127 in a published image
@@ -80,25 +79,18 @@ def check_rgba_shard(directory) -> tuple[list[str], list[float]]:
     return problems, coverages
 
 
-with warnings.catch_warnings():  # backfill_policy is a beta parameter in dagster 1.13
-    warnings.simplefilter("ignore", dg.BetaWarning)
-    _asset_decorator = dg.asset(
-        partitions_def=SHARD_PARTITIONS,
-        backfill_policy=dg.BackfillPolicy.single_run(),
-        code_version=CODE_VERSION,
-        group_name="data",
-        kinds={"webdataset"},
-        check_specs=[
-            dg.AssetCheckSpec("shards_match_manifest", asset="rgba_images",
-                              description="Shards match the manifest (size, sha256) and the samples read back = its count."),
-            dg.AssetCheckSpec("alpha_coverage_in_range", asset="rgba_images",
-                              description=f"Every image's alpha coverage is within {ALPHA_COVERAGE_RANGE}."),
-        ],
-        description="RGBA object images (procedural world in tiny/smoke, SDXL + rembg in full), one shard per partition.",
-    )
-
-
-@_asset_decorator
+@shard_asset(
+    code_version=CODE_VERSION,
+    group_name="data",
+    kinds={"webdataset"},
+    check_specs=[
+        dg.AssetCheckSpec("shards_match_manifest", asset="rgba_images",
+                          description="Shards match the manifest (size, sha256) and the samples read back = its count."),
+        dg.AssetCheckSpec("alpha_coverage_in_range", asset="rgba_images",
+                          description=f"Every image's alpha coverage is within {ALPHA_COVERAGE_RANGE}."),
+    ],
+    description="RGBA object images (procedural world in tiny/smoke, SDXL + rembg in full), one shard per partition.",
+)
 def rgba_images(context: dg.AssetExecutionContext, settings: DD3GSettings) -> dg.MaterializeResult:
     config = _config(settings)
     root = settings.root()

@@ -14,7 +14,6 @@ arrays are finite and have the shapes the teacher implies).
 """
 
 
-import warnings
 
 import dagster as dg
 import numpy as np
@@ -22,7 +21,7 @@ import numpy as np
 from dd3g_core import trajectories as traj
 from dd3g_core.shards import ShardValidationError, iter_samples, validate_shards
 
-from ..resources import SHARD_PARTITIONS, DD3GSettings
+from ..resources import DD3GSettings, shard_asset
 from .rgba import content_hash, run_data_version, shard_indices
 
 CODE_VERSION = f"traj-{traj.CODE_VERSION}.asset-1"
@@ -76,26 +75,19 @@ def check_trajectory_shard(summary, teacher, config: traj.TrajectoryCacheConfig)
     return counts, problems
 
 
-with warnings.catch_warnings():  # backfill_policy is a beta parameter in dagster 1.13
-    warnings.simplefilter("ignore", dg.BetaWarning)
-    _asset_decorator = dg.asset(
-        partitions_def=SHARD_PARTITIONS,
-        backfill_policy=dg.BackfillPolicy.single_run(),
-        deps=[dg.AssetDep("rgba_images", partition_mapping=dg.IdentityPartitionMapping()), dg.AssetDep("tiny_teacher")],
-        code_version=CODE_VERSION,
-        group_name="data",
-        kinds={"webdataset", "pytorch"},
-        check_specs=[
-            dg.AssetCheckSpec("counts_match_manifest", asset="teacher_trajectories",
-                              description="Shards validate; samples + teacher rejects = input images x noise draws."),
-            dg.AssetCheckSpec("finite_and_shaped", asset="teacher_trajectories",
-                              description="A sample per shard: all arrays finite, shapes as the teacher implies."),
-        ],
-        description="Teacher DDIM trajectories {II, N, C, OI, x_t} per RGBA image and noise draw, one shard per partition.",
-    )
-
-
-@_asset_decorator
+@shard_asset(
+    deps=[dg.AssetDep("rgba_images", partition_mapping=dg.IdentityPartitionMapping()), dg.AssetDep("tiny_teacher")],
+    code_version=CODE_VERSION,
+    group_name="data",
+    kinds={"webdataset", "pytorch"},
+    check_specs=[
+        dg.AssetCheckSpec("counts_match_manifest", asset="teacher_trajectories",
+                          description="Shards validate; samples + teacher rejects = input images x noise draws."),
+        dg.AssetCheckSpec("finite_and_shaped", asset="teacher_trajectories",
+                          description="A sample per shard: all arrays finite, shapes as the teacher implies."),
+    ],
+    description="Teacher DDIM trajectories {II, N, C, OI, x_t} per RGBA image and noise draw, one shard per partition.",
+)
 def teacher_trajectories(context: dg.AssetExecutionContext, settings: DD3GSettings) -> dg.MaterializeResult:
     if settings.profile not in traj.PRESETS:
         raise ValueError(f"no trajectory preset for profile {settings.profile!r}")
