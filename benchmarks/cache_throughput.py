@@ -9,7 +9,7 @@
    hashing, writing). The teacher's share = time inside ``teacher.unet`` forwards (pre/post
    forward hooks, ``time.perf_counter``) / that wall time.
    ``BAR cache_teacher_share <share> 0.90 PASS|FAIL``.
-2. Reader: ``shards.make_train_loader`` over the cached shard set with ``--workers`` DataLoader
+2. Reader: ``shard_reader.make_train_loader`` over the cached shard set with ``--workers`` DataLoader
    workers (resampled, shuffled, every field decoded, batches of 16), samples/s over
    ``--reader-samples`` samples per worker, worker start-up included. Training does not exist yet,
    so its consumption rate (the 10x bar of issue 4) cannot be measured in the same run: printed only.
@@ -34,7 +34,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from dd3g_core import synthesis, trajectories  # noqa: E402
-from dd3g_core.shards import make_train_loader  # noqa: E402
+from dd3g_core.shard_reader import make_train_loader  # noqa: E402
 from dd3g_core.teacher import TinyTeacher, default_tiny_teacher_path  # noqa: E402
 
 

@@ -62,10 +62,8 @@ import numpy as np
 import torch
 
 from .io import stable_hash
-from .shards import (
-    SampleDecodeError, ShardSetSummary, ShardValidationError, SkipRecorder, decode_image, read_manifest,
-    validate_shards, write_shards,
-)
+from .shard_reader import SampleDecodeError, SkipRecorder, decode_image
+from .shards import ShardSetSummary, ShardValidationError, read_manifest, validate_shards, write_shards
 
 STAGE = "teacher_trajectories"
 CODE_VERSION = "1"  # bump when the content of a cached sample changes for the same config + teacher
