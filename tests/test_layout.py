@@ -48,3 +48,24 @@ def test_no_pickle_loading_in_library():
         assert not re.search(r"^\s*import pickle", text, re.M), p
         for m in re.finditer(r"torch\.load\(([^)]*)\)", text):
             assert "weights_only=True" in m.group(1), p
+
+
+def test_core_third_party_imports_are_declared_dependencies():
+    """The run command installs only `.[pipeline]`: every third-party module dd3g_core and
+    pipelines import at module or function level must be a declared (non-dev) dependency."""
+    import tomllib
+
+    deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    declared = " ".join(deps["dependencies"] + deps["optional-dependencies"]["pipeline"]).lower()
+    optional = {"rembg", "onnx", "onnxruntime", "accelerate", "torchmetrics"}  # extras, imported lazily
+    dist_of = {"PIL": "pillow", "yaml": "pyyaml", "imageio_ffmpeg": "imageio-ffmpeg", "dagster_pipes": "dagster-pipes"}
+    stdlib = set(sys.stdlib_module_names)
+    found = set()
+    for p in list((ROOT / "dd3g_core").rglob("*.py")) + list((ROOT / "pipelines").rglob("*.py")):
+        for m in re.finditer(r"^\s*(?:from|import)\s+([A-Za-z_][\w]*)", p.read_text(), re.M):
+            top = m.group(1)
+            if top in stdlib or top in {"dd3g_core", "pipelines", "__future__"} or top in optional:
+                continue
+            found.add(dist_of.get(top, top).replace("_", "-").lower())
+    missing = sorted(d for d in found if d not in declared)
+    assert not missing, f"imported but not declared in pyproject dependencies: {missing}"
