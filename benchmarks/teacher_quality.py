@@ -50,25 +50,12 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from dd3g_core.metrics import psnr, ssim  # noqa: E402
 from dd3g_core.teacher import sampler as ddim  # noqa: E402
 from dd3g_core.teacher.data import RenderSpec, render_example  # noqa: E402
 from dd3g_core.teacher.interface import prepare_images  # noqa: E402
 from dd3g_core.teacher.tiny import TinyTeacher  # noqa: E402
 from dd3g_core.world import split_seeds  # noqa: E402
-
-
-def psnr(pred: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:  # [B, V, 3, H, W] -> [B, V]
-    mse = (pred.clamp(0, 1) - gt).pow(2).flatten(2).mean(-1).clamp_min(1e-10)
-    return -10.0 * torch.log10(mse)
-
-
-def ssim(pred: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:  # [B, V, 3, H, W] -> [B, V]
-    from torchmetrics.functional.image import structural_similarity_index_measure as ssim_fn
-
-    b, v = pred.shape[:2]
-    s = ssim_fn(pred.clamp(0, 1).flatten(0, 1).double(), gt.flatten(0, 1).double(), gaussian_kernel=True,
-                sigma=1.5, kernel_size=11, data_range=1.0, reduction="none")
-    return s.float().reshape(b, v)
 
 
 def render_set(seeds, spec: RenderSpec) -> tuple[torch.Tensor, torch.Tensor]:

@@ -7,6 +7,7 @@
     dd3g world show-spec --seed 3
     dd3g teacher pretrain [--preset tiny|smoke] [--out DIR] [--resume/--no-resume] [--export DIR]
     dd3g teacher export --checkpoint RUN_OR_STEP_DIR --out assets/models/tiny-teacher
+    dd3g generate IMAGE [--seed S] [--num-samples K] [--checkpoint DIR] -o OUT/ [--interpolate SEED2]
 
 Each subcommand registers itself in ``COMMANDS`` (name -> function adding its parser), so
 later stages (teacher, generate, ...) plug in with one ``COMMANDS[...] = ...`` line. Expected
@@ -229,6 +230,15 @@ COMMANDS: dict[str, Callable[[argparse._SubParsersAction], None]] = {
     "world": _add_world,
 }
 COMMANDS["teacher"] = _add_teacher
+
+
+def _add_generate(sub) -> None:
+    from .cli_generate import add_generate
+
+    add_generate(sub)
+
+
+COMMANDS["generate"] = _add_generate
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -159,6 +159,45 @@ class MultiViewUNet(nn.Module):
         ``context=None`` stands for one all-zero text token, which contributes exactly nothing
         (zero keys and values, no biases) — handy for image-only teachers.
         """
+        x, emb, context = self._prepare(x, timesteps, context, y, camera, num_frames, ip, ip_img)
+        return self.out(self._unet_pass(x, emb, context, num_frames, len(self.output_blocks)))
+
+    def forward_features(
+        self,
+        x: Tensor,  # [B*F, in_channels, H, W]
+        timesteps: Tensor,  # [B*F] or scalar
+        context: Tensor | None = None,
+        camera: Tensor | None = None,  # [B*F, camera_dim]
+        num_frames: int = 1,
+        ip: Tensor | None = None,  # [B*F, T_ip, ip_embed_dim]
+        ip_img: Tensor | None = None,  # [B, in_channels, H, W]
+        num_output_blocks: int | None = None,  # run only the first k output blocks (None: all, before ``out``)
+    ) -> Tensor:  # [B*F, C_k, H / s_k, W / s_k] hidden state after output block k
+        """The U-Net's hidden features instead of its noise prediction (PEPD phase 1 reads these).
+
+        Same inputs as :meth:`forward`. With ``num_output_blocks=k`` the decoder stops after its
+        k-th block, i.e. at a coarser resolution (the student's pattern extractor truncates the
+        teacher there; see ``dd3g_core.model``). The output head ``out`` is not applied.
+        """
+        k = len(self.output_blocks) if num_output_blocks is None else int(num_output_blocks)
+        if not 0 <= k <= len(self.output_blocks):
+            raise ValueError(f"num_output_blocks must be in [0, {len(self.output_blocks)}], got {k}")
+        x, emb, context = self._prepare(x, timesteps, context, None, camera, num_frames, ip, ip_img)
+        return self._unet_pass(x, emb, context, num_frames, k)
+
+    def _unet_pass(self, x: Tensor, emb: Tensor, context: Tensor, num_frames: int, num_output_blocks: int) -> Tensor:
+        hs = []
+        hid = x
+        for block in self.input_blocks:
+            hid = block(hid, emb, context, num_frames)
+            hs.append(hid)
+        hid = self.middle_block(hid, emb, context, num_frames)
+        for block in self.output_blocks[:num_output_blocks]:
+            hid = block(torch.cat([hid, hs.pop()], dim=1), emb, context, num_frames)
+        return hid
+
+    def _prepare(self, x, timesteps, context, y, camera, num_frames, ip, ip_img) -> tuple[Tensor, Tensor, Tensor]:
+        """Steps 1-3 of :meth:`forward`: (x with the image view inserted, emb, context with ip tokens)."""
         cfg = self.config
         n, _, h, w = self._check_inputs(x, num_frames, y)
         if timesteps.ndim == 0:
@@ -195,16 +234,7 @@ class MultiViewUNet(nn.Module):
             context = torch.cat([context, self.image_embed(ip.to(x.dtype)).to(context.dtype)], dim=1)
         elif ip is not None:
             raise ValueError("ip given but this config has ip_dim=0")
-
-        hs = []
-        hid = x
-        for block in self.input_blocks:
-            hid = block(hid, emb, context, num_frames)
-            hs.append(hid)
-        hid = self.middle_block(hid, emb, context, num_frames)
-        for block in self.output_blocks:
-            hid = block(torch.cat([hid, hs.pop()], dim=1), emb, context, num_frames)
-        return self.out(hid)
+        return x, emb, context
 
     def _check_inputs(self, x: Tensor, num_frames: int, y: Tensor | None) -> tuple[int, int, int, int]:
         cfg = self.config

@@ -1,0 +1,120 @@
+"""Progressive Gaussian heads of PEPD phase 2 and their activations.
+
+Each *view token* owns a ``g x g`` cell of its view's pixel grid (``g = gaussian_grid``; the
+grid has ``feature_resolution * g`` cells per side) and emits one Gaussian per cell. The
+Gaussians are **pixel-aligned**: a Gaussian sits on the camera ray through its cell centre, at
+a predicted depth, plus a small free offset (choice recorded in ``docs/student.md``: aligned
+rays make the first renders land on the right pixels, the offset lets surfaces leave the ray
+grid). Attributes are read out *progressively* (DESIGN §1):
+
+=============  ===========================  ==================================================
+head           reads tokens after block     activation (raw head output z)
+=============  ===========================  ==================================================
+``mu``         ``mu_block``                 ``depth = radius + depth_extent * tanh(z_d)``;
+                                            ``mu = o + depth * d + max_offset * tanh(z_o)``
+``shape``      ``shape_block``              ``s = min_scale + (max_scale - min_scale) * sigmoid(z_s)``;
+                                            ``q = normalize(z_q + (1, 0, 0, 0))`` (wxyz)
+``appearance`` last block                   ``alpha = sigmoid(z_a + logit(init_opacity))``;
+                                            ``rgb = sigmoid(z_c)``, stored as SH degree 0
+=============  ===========================  ==================================================
+
+The final linear layers start at zero, so an untrained model places every view's Gaussians on
+the plane through the orbit centre facing its camera, with ``init_scale`` and ``init_opacity``
+(grey): a well-conditioned start for rendering losses.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..cameras import camera_centers
+from ..gaussians import SH_C0
+from .config import PEPDConfig
+
+__all__ = ["GaussianHeads", "grid_rays", "tokens_to_grid"]
+
+
+def grid_rays(
+    viewmats: Tensor,  # [B, V, 4, 4] world -> camera (OpenCV axes)
+    Ks: Tensor,  # [B, V, 3, 3] intrinsics in pixels of an image of side ``image_size``
+    image_size: int,
+    grid: int,  # rays through the centres of a grid x grid partition of the image
+) -> tuple[Tensor, Tensor]:  # origins [B, V, grid, grid, 3], unit directions [B, V, grid, grid, 3]
+    """World-space rays through cell centres (row = +y image axis, as rendered images)."""
+    scale = grid / float(image_size)
+    coords = (torch.arange(grid, dtype=Ks.dtype, device=Ks.device) + 0.5) / scale  # pixel coords at image_size
+    ys, xs = torch.meshgrid(coords, coords, indexing="ij")
+    fx, fy = Ks[..., 0, 0, None, None], Ks[..., 1, 1, None, None]
+    cx, cy = Ks[..., 0, 2, None, None], Ks[..., 1, 2, None, None]
+    d_cam = torch.stack([(xs - cx) / fx, (ys - cy) / fy, torch.ones_like((xs - cx) / fx)], -1)  # [B, V, G, G, 3]
+    rot_c2w = viewmats[..., :3, :3].transpose(-1, -2)
+    d = torch.einsum("bvij,bvhwj->bvhwi", rot_c2w, d_cam)
+    d = d / d.norm(dim=-1, keepdim=True)
+    o = camera_centers(viewmats)[:, :, None, None, :].expand_as(d)
+    return o, d
+
+
+def tokens_to_grid(
+    x: Tensor,  # [B, V * T, g * g * n] per-token outputs, tokens row-major over an f x f map
+    num_views: int,
+    f: int,
+    g: int,
+) -> Tensor:  # [B, V, f * g, f * g, n]
+    b = x.shape[0]
+    n = x.shape[-1] // (g * g)
+    x = x.reshape(b, num_views, f, f, g, g, n).permute(0, 1, 2, 4, 3, 5, 6)
+    return x.reshape(b, num_views, f * g, f * g, n)
+
+
+class GaussianHeads(nn.Module):
+    """The three read-out heads (LayerNorm -> Linear, zero-initialised) and the activations."""
+
+    ATTRS = {"mu": 4, "shape": 7, "appearance": 4}  # per Gaussian: (depth, offset xyz) / (scale xyz, quat) / (opacity, rgb)
+
+    def __init__(self, config: PEPDConfig):
+        super().__init__()
+        self.config = c = config
+        k = c.gaussians_per_token
+        self.norms = nn.ModuleDict({name: nn.LayerNorm(c.width) for name in self.ATTRS})
+        self.linears = nn.ModuleDict({name: nn.Linear(c.width, k * n) for name, n in self.ATTRS.items()})
+        for lin in self.linears.values():
+            nn.init.zeros_(lin.weight)
+            nn.init.zeros_(lin.bias)
+
+    def read(self, name: str, tokens: Tensor) -> Tensor:  # [B, V*T, D] -> [B, V, G, G, n]
+        c = self.config
+        out = self.linears[name](self.norms[name](tokens))
+        return tokens_to_grid(out, c.num_views, c.feature_resolution, c.gaussian_grid)
+
+    def activate(
+        self,
+        raw_mu: Tensor,  # [B, V, G, G, 4]
+        raw_shape: Tensor,  # [B, V, G, G, 7]
+        raw_appearance: Tensor,  # [B, V, G, G, 4]
+        origins: Tensor,  # [B, V, G, G, 3]
+        directions: Tensor,  # [B, V, G, G, 3]
+    ) -> dict[str, Tensor]:  # Gaussians fields, each [B, V*G*G, ...]
+        c = self.config
+        b = raw_mu.shape[0]
+        flat = (lambda t: t.reshape(b, -1, *t.shape[5:]) if t.ndim > 5 else t.reshape(b, -1))
+        depth = c.radius + c.depth_extent * torch.tanh(raw_mu[..., :1])
+        means = origins + depth * directions + c.max_offset * torch.tanh(raw_mu[..., 1:4])
+        lo, hi = c.min_scale, c.max_scale
+        init = (c.init_scale - lo) / (hi - lo)
+        scales = lo + (hi - lo) * torch.sigmoid(raw_shape[..., :3] + math.log(init / (1 - init)))
+        quats = raw_shape[..., 3:7] + raw_shape.new_tensor([1.0, 0.0, 0.0, 0.0])
+        quats = F.normalize(quats, dim=-1)
+        opacity_logits = raw_appearance[..., 0] + math.log(c.init_opacity / (1 - c.init_opacity))
+        rgb = torch.sigmoid(raw_appearance[..., 1:4])
+        return {
+            "means": means.reshape(b, -1, 3),
+            "quats": quats.reshape(b, -1, 4),
+            "log_scales": torch.log(scales).reshape(b, -1, 3),
+            "opacity_logits": opacity_logits.reshape(b, -1),
+            "sh": ((rgb - 0.5) / SH_C0).reshape(b, -1, 1, 3),
+            "depth": flat(depth[..., 0]),
+        }

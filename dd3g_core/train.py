@@ -1,0 +1,335 @@
+"""Distil a multi-view teacher into PEPD (DESIGN §1) with Accelerate.
+
+    accelerate launch [--multi_gpu --num_processes N] -m dd3g_core.train --config assets/configs/distill_tiny.json \
+        [--set key=value ...]
+
+Reads top to bottom:
+
+1. config + Accelerator (gradient accumulation, mixed precision, per-rank seeding);
+2. the frozen teacher (condition encoder, verifier) and PEPD (phase 1 from the teacher's U-Net);
+3. optimizer (AdamW, phase 1 at ``phase1_lr_scale``), cosine LR with warm-up, EMA; ``prepare``;
+4. resume from the latest complete checkpoint of ``out`` (a killed run loses at most one interval);
+5. the loop: explicit supervision on the cached (N, C, II) -> OI, ramped implicit verification at
+   rotated cameras, non-finite steps refused with their batch keys, EMA, logs, checkpoints;
+6. ``<out>/pepd/``: ``save_pretrained`` of the EMA weights (+ ``model_raw.safetensors``).
+
+Under Dagster Pipes (the ``pepd_student`` asset) rank 0 streams logs and reports the
+materialization: loss curve, checkpoint path, parameter counts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .io import atomic_write_json
+from .losses import (
+    NonFiniteLossError, alpha_from_background, explicit_supervision_loss, implicit_verification_loss, ramp_weight,
+    sample_timesteps,
+)
+from .model import PEPD, PEPDConfig
+from .render import render
+from .train_config import DistillConfig, load_config
+from .train_state import latest_checkpoint, load_checkpoint, save_checkpoint
+
+__all__ = ["main", "train", "build_student", "compute_losses"]
+
+
+def build_student(cfg: DistillConfig, teacher) -> PEPD:
+    pcfg = PEPDConfig.preset(cfg.model).replace(**dict(cfg.model_overrides))
+    model = PEPD(pcfg)
+    if cfg.init == "teacher":
+        model.init_from_teacher(teacher.unet)
+    return model
+
+
+def batch_to(batch: dict, device) -> dict[str, Any]:
+    """Tensors of a collated trajectory batch on ``device`` (see ``dd3g_core.trajectories`` for fields)."""
+    return {
+        "keys": list(batch["__key__"]),
+        "image": batch["input.png"].permute(0, 3, 1, 2).contiguous().to(device),  # [B, 4, H, W] uint8
+        "noise": batch["noise.npy"].float().to(device),  # [B, V+1, C, h, w]
+        "cameras": batch["cameras.npy"].float().to(device),  # [B, V+1, 16]
+        "viewmats": batch["viewmats.npy"].float().to(device),  # [B, V, 4, 4]
+        "Ks": batch["ks.npy"].float().to(device),  # [B, V, 3, 3]
+        "views": batch["views.npy"].float().to(device),  # [B, V, 3, H, W] OI
+    }
+
+
+def compute_losses(model, teacher, b: dict[str, Any], cfg: DistillConfig, step: int, micro: int,
+                   generator: torch.Generator, perceptual=None) -> dict[str, torch.Tensor]:
+    """The joint objective of one micro-batch: ``L = L_exp + ramp(step) * lambda * L_imp``."""
+    res = b["views"].shape[-1]
+    bg = torch.tensor(teacher.background, dtype=torch.float32, device=b["noise"].device)
+    with torch.no_grad():
+        condition = teacher.encode_condition(b["image"])
+    out = model(b["noise"], b["cameras"], condition, b["image"], b["viewmats"], b["Ks"], res)
+    g = out.gaussians
+    with torch.autocast(device_type=b["noise"].device.type, enabled=False):  # rasterize in fp32
+        r = render(g, b["viewmats"], b["Ks"], res, res, background=bg, backend=cfg.render_backend)
+    alpha_t = alpha_from_background(b["views"], tuple(teacher.background), cfg.alpha_softness)
+    terms = explicit_supervision_loss(r.rgb, r.alpha, b["views"], alpha_t, cfg.alpha_weight, perceptual,
+                                      cfg.perceptual_weight)
+    losses = {"exp_" + k: v for k, v in terms.items()}
+    ramp = ramp_weight(step, *cfg.implicit_ramp)
+    total = terms["total"]
+    if ramp > 0 and cfg.implicit_weight > 0 and micro % cfg.implicit_every == 0:
+        lo, hi = cfg.implicit_azimuth_range
+        az = lo + (hi - lo) * torch.rand((), generator=generator).item()
+        lo, hi = cfg.implicit_elevation_range
+        el = lo + (hi - lo) * torch.rand((), generator=generator).item()
+        cams = teacher.cameras(az, el, resolution=res)
+        with torch.autocast(device_type=b["noise"].device.type, enabled=False):
+            r2 = render(g, cams.viewmats.to(bg.device), cams.Ks.to(bg.device), res, res, background=bg,
+                        backend=cfg.render_backend)
+        bsz, v = r2.rgb.shape[:2]
+        latent = teacher.latent_shape(v)
+        eps = torch.randn((bsz, v, *latent[1:]), generator=generator).to(bg.device)
+        t = sample_timesteps(bsz, teacher.scheduler.config.num_train_timesteps, cfg.implicit_t_range, generator)
+        guidance = teacher.default_guidance if cfg.implicit_guidance is None else cfg.implicit_guidance
+        imp = implicit_verification_loss(teacher, r2.rgb.permute(0, 1, 4, 2, 3), condition, cams.embedding, t, eps,
+                                         guidance, cfg.implicit_weighting)
+        losses["imp_sds"], losses["imp_grad_rms"] = imp["sds"], imp["grad_norm"]
+        total = total + ramp * cfg.implicit_weight * imp["sds"]
+    losses["ramp"] = torch.tensor(ramp)
+    losses["total"] = total
+    return losses
+
+
+class _Reporter:
+    """Dagster Pipes on rank 0 when launched by the ``pepd_student`` asset, else a no-op."""
+
+    def __init__(self, enabled: bool):
+        self.pipes, self._cm = None, None
+        if enabled:
+            from dagster_pipes import PipesEnvVarParamsLoader, open_dagster_pipes
+
+            if PipesEnvVarParamsLoader().is_dagster_pipes_process():
+                self._cm = open_dagster_pipes()
+                self.pipes = self._cm.__enter__()
+
+    def log(self, msg: str) -> None:
+        if self.pipes is not None:
+            self.pipes.log.info(msg)
+
+    def materialize(self, metadata: dict, data_version: str) -> None:
+        if self.pipes is not None:
+            typed = {k: ({"raw_value": v, "type": "json"} if isinstance(v, (dict, list)) else
+                         {"raw_value": v, "type": "path"} if k == "checkpoint" else v)
+                     for k, v in metadata.items()}
+            self.pipes.report_asset_materialization(metadata=typed, data_version=data_version)
+
+    def close(self, exc: BaseException | None = None) -> None:
+        if self._cm is not None:
+            self._cm.__exit__(type(exc) if exc else None, exc, exc.__traceback__ if exc else None)
+
+
+class _WarmupCosine:
+    """LR factor: linear warm-up over ``warmup`` steps, then cosine from 1 to ``floor`` at ``total``.
+
+    A callable object (not a lambda) so ``LambdaLR.state_dict`` stays plain numbers."""
+
+    def __init__(self, warmup: int, total: int, floor: float):
+        self.warmup, self.total, self.floor = int(warmup), int(total), float(floor)
+
+    def __call__(self, step: int) -> float:
+        if step < self.warmup:
+            return (step + 1) / self.warmup
+        progress = min(1.0, (step - self.warmup) / max(1, self.total - self.warmup))
+        return self.floor + (1 - self.floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def _param_groups(model: PEPD, cfg: DistillConfig) -> list[dict]:
+    phase1 = [p for n, p in model.named_parameters() if n.startswith("phase1.")]
+    rest = [p for n, p in model.named_parameters() if not n.startswith("phase1.")]
+    return [{"params": phase1, "lr": cfg.lr * cfg.phase1_lr_scale}, {"params": rest, "lr": cfg.lr}]
+
+
+def train(cfg: DistillConfig) -> dict[str, Any]:
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+    from diffusers.training_utils import EMAModel
+
+    from .shard_reader import make_train_loader, read_skip_log
+    from .teacher.loading import load_teacher
+
+    if not cfg.trajectories or not cfg.out:
+        raise ValueError("config needs `trajectories` (teacher_trajectories dir) and `out` (run dir)")
+    if cfg.torch_threads:
+        torch.set_num_threads(cfg.torch_threads)
+    out = Path(cfg.out)
+    # 1. Accelerator and per-rank seeding (seed + rank for model-side randomness)
+    accelerator = Accelerator(gradient_accumulation_steps=cfg.grad_accum, mixed_precision=cfg.mixed_precision)
+    set_seed(cfg.seed, device_specific=True)
+    rank, world = accelerator.process_index, accelerator.num_processes
+    reporter = _Reporter(accelerator.is_main_process)
+    failure: BaseException | None = None
+    try:
+        # 2. frozen teacher + student
+        weight_dtype = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[cfg.mixed_precision]
+        teacher = load_teacher(cfg.teacher, device=accelerator.device, dtype=weight_dtype)
+        model = build_student(cfg, teacher)
+        perceptual = None
+        if cfg.perceptual_weights and cfg.perceptual_weight > 0:
+            from .perceptual import PerceptualLoss
+
+            perceptual = PerceptualLoss.from_file(cfg.perceptual_weights).to(accelerator.device)
+        # 3. optimizer, schedule, EMA; prepare
+        opt = torch.optim.AdamW(_param_groups(model, cfg), lr=cfg.lr, weight_decay=cfg.weight_decay,
+                                betas=(0.9, 0.99))
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, _WarmupCosine(cfg.warmup_steps, cfg.steps, cfg.min_lr_ratio))
+        model, opt, sched = accelerator.prepare(model, opt, sched)
+        ema = EMAModel(accelerator.unwrap_model(model).parameters(), decay=cfg.ema_decay)
+        ema.to(accelerator.device)
+        # 4. resume
+        record: dict[str, Any] = {"config": cfg.to_dict(), "config_identity": cfg.identity(), "history": [],
+                                  "bad_steps": [], "world_size": world}
+        step = 0
+        ckpt = latest_checkpoint(out)
+        if ckpt is not None:
+            prev = load_checkpoint(accelerator, model, ema, ckpt, identity=cfg.identity())
+            step = int(prev["step"])
+            record["history"], record["bad_steps"] = prev.get("history", []), prev.get("bad_steps", [])
+            accelerator.print(f"resumed from {ckpt} at step {step}")
+            reporter.log(f"resumed from {ckpt} at step {step}")
+        elif accelerator.is_main_process:
+            out.mkdir(parents=True, exist_ok=True)
+        n_micro = cfg.batch_size * cfg.grad_accum
+        loader = make_train_loader(cfg.trajectories, cfg.batch_size, num_workers=cfg.num_workers,
+                                   shuffle_buffer=cfg.shuffle_buffer,
+                                   epoch_samples=(cfg.steps - step) * n_micro // max(cfg.num_workers, 1) + n_micro,
+                                   seed=cfg.seed * 7919 + step, decode="rgba8", drop_last=True,
+                                   skip_log=out / f"skipped_rank{rank}.jsonl")
+        generator = torch.Generator().manual_seed(cfg.seed * 1_000_003 + rank * 10_007 + step)
+        # 5. the loop
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=cfg.steps, initial=step, disable=not accelerator.is_local_main_process, desc="distill")
+        model.train()
+        micro, consecutive_bad, t_last, window = 0, 0, time.perf_counter(), []
+        data = iter(loader)
+        while step < cfg.steps:
+            try:
+                raw = next(data)
+            except StopIteration:
+                data = iter(loader)
+                continue
+            b = batch_to(raw, accelerator.device)
+            with accelerator.accumulate(model):
+                losses = compute_losses(model, teacher, b, cfg, step, micro, generator, perceptual)
+                finite = torch.tensor(float(bool(torch.isfinite(losses["total"]).item())), device=accelerator.device)
+                if accelerator.reduce(finite, reduction="sum").item() < world:  # every rank skips together
+                    err = NonFiniteLossError({k: float(v) for k, v in losses.items()}, b["keys"], step)
+                    record["bad_steps"].append({"step": step, "rank": rank, "error": str(err)})
+                    accelerator.print(f"WARNING: {err}")
+                    reporter.log(f"skipped step: {err}")
+                    opt.zero_grad(set_to_none=True)
+                    consecutive_bad += 1
+                    if consecutive_bad >= cfg.max_bad_steps:
+                        raise err
+                    micro += 1
+                    continue
+                consecutive_bad = 0
+                accelerator.backward(losses["total"])
+                grad_norm = None
+                if accelerator.sync_gradients:
+                    grad_norm = accelerator.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                opt.step()
+                sched.step()
+                opt.zero_grad(set_to_none=True)
+            micro += 1
+            window.append({k: float(v) for k, v in losses.items()})
+            if not accelerator.sync_gradients:
+                continue
+            ema.step(accelerator.unwrap_model(model).parameters())
+            step += 1
+            bar.update(1)
+            if step % cfg.log_every == 0 or step == cfg.steps:
+                now = time.perf_counter()
+                mean = {k: sum(w[k] for w in window if k in w) / max(1, sum(k in w for w in window))
+                        for k in window[-1]}
+                entry = {"step": step, **{k: round(v, 6) for k, v in mean.items()},
+                         "lr": sched.get_last_lr()[-1], "grad_norm": float(grad_norm) if grad_norm is not None else None,
+                         "s_per_step": (now - t_last) / cfg.log_every, "time": time.time()}
+                t_last, window = now, []
+                record["history"].append(entry)
+                if accelerator.is_main_process:
+                    with open(out / "log.jsonl", "a") as f:
+                        f.write(json.dumps(entry) + "\n")
+                bar.set_postfix(loss=f"{entry['total']:.4f}", rgb=f"{entry['exp_rgb']:.4f}")
+                reporter.log(f"step {step}: total {entry['total']:.5f} rgb {entry['exp_rgb']:.5f}")
+            if step % cfg.checkpoint_every == 0 or step == cfg.steps:
+                save_checkpoint(accelerator, model, ema, step, out, record, keep=cfg.keep_checkpoints)
+        bar.close()
+        # 6. export the EMA weights (what `dd3g generate` loads) + the raw weights
+        accelerator.wait_for_everyone()
+        result = _export(accelerator, model, ema, cfg, out, record, step, read_skip_log)
+        reporter.materialize(result["metadata"], result["data_version"])
+        return result
+    except BaseException as e:
+        failure = e
+        raise
+    finally:
+        reporter.close(failure)
+
+
+def _export(accelerator, model, ema, cfg, out: Path, record, step, read_skip_log) -> dict[str, Any]:
+    from .io import sha256_file
+    from .teacher.interface import state_dict_digest
+    from .train_state import ema_state_dict
+
+    unwrapped = accelerator.unwrap_model(model)
+    digest = state_dict_digest([unwrapped])  # ranks compare these: DDP must keep them identical
+    atomic_write_json(out / f"param_digest_rank{accelerator.process_index}.json",
+                      {"step": step, "digest": digest, "world_size": accelerator.num_processes})
+    result: dict[str, Any] = {"step": step, "out": str(out), "pepd": str(out / "pepd")}
+    if accelerator.is_main_process:
+        from safetensors.torch import save_file
+
+        raw_sd = {k: v.detach().cpu().contiguous() for k, v in unwrapped.state_dict().items()}
+        extra = {"teacher": cfg.teacher or "tiny (assets/models/tiny-teacher)", "train_step": step,
+                 "distill_config": cfg.to_dict()}
+        unwrapped.save_pretrained(out / "pepd", state_dict={**raw_sd, **ema_state_dict(unwrapped, ema)}, extra=extra)
+        save_file(raw_sd, str(out / "pepd" / "model_raw.safetensors"))
+        weights_sha = sha256_file(out / "pepd" / "model.safetensors")
+        skipped = sum(len(read_skip_log(p)) for p in out.glob("skipped_rank*.jsonl"))
+        hist = record["history"]
+        result.update({
+            "data_version": weights_sha[:16],
+            "metadata": {
+                "checkpoint": str(out / "pepd"), "step": step, "world_size": accelerator.num_processes,
+                "final_loss": hist[-1]["total"] if hist else math.nan,
+                "final_rgb_mse": hist[-1]["exp_rgb"] if hist else math.nan,
+                "loss_curve": [[h["step"], h["total"]] for h in hist],
+                "parameters": unwrapped.num_parameters(), "bad_steps": len(record["bad_steps"]),
+                "skipped_samples": skipped, "weights_sha256": weights_sha,
+            },
+        })
+        atomic_write_json(out / "result.json", result)
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m dd3g_core.train", description=__doc__.split("\n\n")[0])
+    p.add_argument("--config", help="JSON run config (assets/configs/distill_*.json)")
+    p.add_argument("--preset", help="start from a named preset instead of a file (tiny, smoke, full)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field")
+    args = p.parse_args(argv)
+    cfg = load_config(args.config, args.preset, args.set)
+    result = train(cfg)
+    if "metadata" in result:
+        print(json.dumps({k: v for k, v in result["metadata"].items() if k != "loss_curve"}))
+    return 0
+
+
+if __name__ == "__main__":
+    with contextlib.suppress(KeyboardInterrupt):
+        sys.exit(main())

@@ -1,0 +1,162 @@
+"""PEPD: sizes of both presets, phase-1 initialisation from the teacher, progressive heads,
+pixel-aligned Gaussians, save/load and refusal of foreign checkpoints."""
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from dd3g_core.model import PEPD, ConfigMismatchError, PEPDConfig
+from dd3g_core.teacher import TinyTeacher, read_state_dict_listing, state_dict_shapes
+
+LISTING = Path(__file__).parent / "data" / "imagedream_unet_state_dict.txt"
+
+
+@pytest.fixture(scope="module")
+def teacher():
+    return TinyTeacher(seed=0).eval()
+
+
+@pytest.fixture(scope="module")
+def student(teacher):
+    torch.manual_seed(0)
+    m = PEPD("tiny")
+    m.init_from_teacher(teacher.unet)
+    return m.eval()
+
+
+def inputs(teacher, b=2, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    images = (torch.rand(b, 4, 64, 64, generator=g) * 255).to(torch.uint8)
+    cams = teacher.cameras()
+    return dict(noise=teacher.draw_noise(b, seed), camera_embedding=cams.embedding,
+                condition=teacher.encode_condition(images), image=images, viewmats=cams.viewmats, Ks=cams.Ks,
+                image_size=cams.resolution)
+
+
+def test_preset_sizes():
+    tiny, full = PEPDConfig.preset("tiny"), PEPDConfig.preset("full")
+    assert (tiny.feature_resolution, tiny.feature_channels, tiny.num_gaussians) == (8, 64, 4096)
+    assert (full.feature_resolution, full.feature_channels, full.num_gaussians) == (16, 1280, 65536)
+    assert full.num_image_tokens == 256 and tiny.num_image_tokens == 16
+    with pytest.raises(ValueError, match="mu_block"):
+        tiny.replace(mu_block=4, shape_block=3)
+    with pytest.raises(ValueError, match="phase1_output_blocks"):
+        tiny.replace(phase1_output_blocks=99)
+
+
+def test_full_phase1_is_a_slice_of_the_imagedream_checkpoint():
+    """Phase 1 of the full student loads from the real ImageDream U-Net: every key it keeps
+    exists in the reference state-dict listing with the same shape."""
+    ref = read_state_dict_listing(LISTING)
+    m = PEPD("full", _meta=True)
+    ours = state_dict_shapes(m.phase1.state_dict())
+    assert ours and all(ref[k] == v for k, v in ours.items())
+    dropped = set(ref) - set(ours)
+    assert all(k.startswith(("output_blocks.", "out.")) for k in dropped)
+    counts = m.num_parameters()
+    assert counts["phase1"] > 500_000_000 and counts["phase2"] > 50_000_000
+
+
+def test_forward_shapes_finite_and_teacher_init(teacher, student):
+    out = student(**inputs(teacher))
+    g = out.gaussians
+    assert g.means.shape == (2, 4096, 3) and g.sh.shape == (2, 4096, 1, 3) and g.quats.shape == (2, 4096, 4)
+    for name in ("means", "quats", "log_scales", "opacity_logits", "sh"):
+        assert torch.isfinite(getattr(g, name)).all(), name
+    sd_t = teacher.unet.state_dict()
+    for k, v in student.phase1.state_dict().items():
+        assert torch.equal(v, sd_t[k]), k
+    assert student.num_parameters()["total"] == sum(p.numel() for p in student.parameters())
+
+
+def test_initial_gaussians_are_pixel_aligned_on_the_centre_plane(teacher):
+    """Zero-initialised heads: every view's Gaussians sit on the camera rays through the grid
+    cell centres at depth = radius (the plane through the orbit centre)."""
+    m = PEPD("tiny").eval()
+    x = inputs(teacher, b=1)
+    with torch.no_grad():
+        out = m(**x)
+    c = m.config
+    means = out.gaussians.means[0].reshape(c.num_views, c.grid_resolution, c.grid_resolution, 3)
+    assert torch.allclose(out["depth"], torch.full_like(out["depth"], c.radius))
+    for v in range(c.num_views):
+        cam = (x["viewmats"][v, :3, :3] @ means[v].reshape(-1, 3).T + x["viewmats"][v, :3, 3:]).T
+        uv = (x["Ks"][v] @ cam.T).T
+        uv = uv[:, :2] / uv[:, 2:]
+        centres = (torch.arange(c.grid_resolution) + 0.5) * (x["image_size"] / c.grid_resolution)
+        ys, xs = torch.meshgrid(centres, centres, indexing="ij")
+        assert torch.allclose(uv, torch.stack([xs, ys], -1).reshape(-1, 2), atol=1e-3)
+
+
+def test_progressive_heads_read_geometry_before_appearance(teacher, student):
+    """mu is read after block mu_block: changing a later block moves colours, not positions."""
+    m = PEPD(student.config)
+    m.load_state_dict(student.state_dict())
+    for lin in m.heads.linears.values():  # non-zero heads so every attribute depends on its tokens
+        torch.nn.init.normal_(lin.weight, std=0.05)
+    m.eval()
+    x = inputs(teacher)
+    with torch.no_grad():
+        a = m(**x).gaussians
+        last = m.blocks[-1]
+        torch.nn.init.normal_(last.mlp[2].weight, std=0.5)
+        b = m(**x).gaussians
+        assert torch.equal(a.means, b.means) and torch.equal(a.log_scales, b.log_scales)
+        assert not torch.allclose(a.sh, b.sh)
+        torch.nn.init.normal_(m.blocks[m.config.mu_block - 1].mlp[2].weight, std=0.5)
+        c = m(**x).gaussians
+        assert not torch.allclose(b.means, c.means)
+
+
+def test_noise_changes_the_output_deterministically(teacher, student):
+    m = PEPD(student.config)
+    m.load_state_dict(student.state_dict())
+    torch.nn.init.normal_(m.heads.linears["mu"].weight, std=0.05)
+    m.eval()
+    x = inputs(teacher)
+    with torch.no_grad():
+        a = m(**x).gaussians.means
+        assert torch.equal(a, m(**x).gaussians.means)
+        x["noise"] = teacher.draw_noise(2, 123)
+        b = m(**x).gaussians.means
+    assert not torch.allclose(a, b)
+
+
+def test_save_and_load_roundtrip_and_foreign_checkpoints(tmp_path, teacher, student):
+    path = student.save_pretrained(tmp_path / "pepd", extra={"teacher": "tiny"})
+    loaded = PEPD.from_pretrained(path, expected=student.config)
+    x = inputs(teacher)
+    with torch.no_grad():
+        assert torch.equal(student(**x).gaussians.means, loaded(**x).gaussians.means)
+    cfg, meta = PEPD.read_config(path)
+    assert cfg == student.config and meta["teacher"] == "tiny" and meta["parameters"]["total"] > 0
+    other = student.config.replace(depth=5, shape_block=4)
+    with pytest.raises(ConfigMismatchError, match="depth"):
+        PEPD.from_pretrained(path, expected=other)
+    # weights of another config under this config.json: the differing keys are listed
+    PEPD(other).save_pretrained(tmp_path / "other")
+    (tmp_path / "pepd" / "model.safetensors").write_bytes((tmp_path / "other" / "model.safetensors").read_bytes())
+    with pytest.raises(ConfigMismatchError, match="blocks.4"):
+        PEPD.from_pretrained(path)
+    with pytest.raises(FileNotFoundError, match="model.safetensors"):
+        PEPD.from_pretrained(tmp_path / "nowhere")
+
+
+def test_unet_forward_features_match_forward(teacher):
+    """The features PEPD reads are the U-Net's own hidden state: all blocks + ``out`` == forward."""
+    u = teacher.unet
+    b, f = 1, 5
+    x = torch.randn(b * f, 3, 32, 32)
+    t = torch.full((b * f,), 500.0)
+    cond = teacher.encode_condition(torch.rand(b, 4, 64, 64))
+    cam = teacher.cameras().embedding
+    kw = dict(context=cond.context.repeat_interleave(f, 0), camera=cam, num_frames=f,
+              ip=cond.ip.repeat_interleave(f, 0), ip_img=cond.ip_img)
+    with torch.no_grad():
+        full = u(x, t, **kw)
+        feats = u.forward_features(x, t, **kw)
+        assert torch.allclose(u.out(feats), full, atol=1e-6)
+        assert u.forward_features(x, t, num_output_blocks=3, **kw).shape == (5, 64, 8, 8)
+    with pytest.raises(ValueError, match="num_output_blocks"):
+        u.forward_features(x, t, num_output_blocks=13, **kw)
