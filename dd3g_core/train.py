@@ -167,7 +167,10 @@ def train(cfg: DistillConfig) -> dict[str, Any]:
         torch.set_num_threads(cfg.torch_threads)
     out = Path(cfg.out)
     # 1. Accelerator and per-rank seeding (seed + rank for model-side randomness)
-    accelerator = Accelerator(gradient_accumulation_steps=cfg.grad_accum, mixed_precision=cfg.mixed_precision)
+    # cpu=True on a CUDA-less machine: with LOCAL_RANK set (`accelerate launch --multi_gpu`) Accelerate
+    # then initialises gloo (MULTI_CPU); without it every rank would train alone.
+    accelerator = Accelerator(gradient_accumulation_steps=cfg.grad_accum, mixed_precision=cfg.mixed_precision,
+                              cpu=not torch.cuda.is_available())
     set_seed(cfg.seed, device_specific=True)
     rank, world = accelerator.process_index, accelerator.num_processes
     reporter = _Reporter(accelerator.is_main_process)
@@ -246,7 +249,7 @@ def train(cfg: DistillConfig) -> dict[str, Any]:
                 sched.step()
                 opt.zero_grad(set_to_none=True)
             micro += 1
-            window.append({k: float(v) for k, v in losses.items()})
+            window.append({k: float(v.detach()) for k, v in losses.items()})
             if not accelerator.sync_gradients:
                 continue
             ema.step(accelerator.unwrap_model(model).parameters())
@@ -272,7 +275,8 @@ def train(cfg: DistillConfig) -> dict[str, Any]:
         # 6. export the EMA weights (what `dd3g generate` loads) + the raw weights
         accelerator.wait_for_everyone()
         result = _export(accelerator, model, ema, cfg, out, record, step, read_skip_log)
-        reporter.materialize(result["metadata"], result["data_version"])
+        if "metadata" in result:  # rank 0 only
+            reporter.materialize(result["metadata"], result["data_version"])
         return result
     except BaseException as e:
         failure = e

@@ -18,7 +18,8 @@ def test_dd3g_core_never_imports_dagster():
     code += "bad = [m for m in sys.modules if m == 'dagster' or m.startswith('dagster.')]\nassert not bad, bad\n"
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
     for p in (ROOT / "dd3g_core").rglob("*.py"):
-        assert not re.search(r"^\s*(import|from)\s+dagster", p.read_text(), re.M), p
+        # dagster_pipes (the tiny, dependency-free protocol package) is allowed: the trainer reports through it
+        assert not re.search(r"^\s*(import|from)\s+dagster(\s|\.|$)", p.read_text(), re.M), p
 
 
 def test_required_top_level_exists():
@@ -57,7 +58,7 @@ def test_core_third_party_imports_are_declared_dependencies():
 
     deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     declared = " ".join(deps["dependencies"] + deps["optional-dependencies"]["pipeline"]).lower()
-    optional = {"rembg", "onnx", "onnxruntime", "accelerate", "torchmetrics"}  # extras, imported lazily
+    optional = {"rembg", "onnx", "onnxruntime"}  # extras, imported lazily
     dist_of = {"PIL": "pillow", "yaml": "pyyaml", "imageio_ffmpeg": "imageio-ffmpeg", "dagster_pipes": "dagster-pipes"}
     stdlib = set(sys.stdlib_module_names)
     found = set()

@@ -48,7 +48,7 @@ def materialization(result, node, partition):
 def test_definitions_load_and_distill_job_covers_all_partitions():
     job = defs.resolve_job_def("distill")
     keys = {k.to_user_string() for k in defs.resolve_asset_graph().get_all_asset_keys()}
-    assert {"rgba_images", "teacher_trajectories", "tiny_teacher"} <= keys
+    assert {"rgba_images", "teacher_trajectories", "tiny_teacher", "pepd_student"} <= keys
     pkeys = job.partitions_def.get_partition_keys()
     assert pkeys == shard_partition_keys(os.environ.get("DD3G_PROFILE", "tiny"))
     assert job.tags["dagster/asset_partition_range_start"] == pkeys[0]
@@ -59,6 +59,8 @@ def test_definitions_load_and_distill_job_covers_all_partitions():
     graph = defs.resolve_asset_graph()
     parents = {k.to_user_string() for k in graph.get(dg.AssetKey("teacher_trajectories")).parent_keys}
     assert parents == {"rgba_images", "tiny_teacher"}
+    parents = {k.to_user_string() for k in graph.get(dg.AssetKey("pepd_student")).parent_keys}
+    assert parents == {"teacher_trajectories", "tiny_teacher"}
 
 
 def test_materialize_partitions_cache_and_checks(tmp_path, teacher_dir):
@@ -136,6 +138,13 @@ def test_distill_job_runs_from_the_dagster_cli(tmp_path, teacher_dir):
             for key in ("rgba_images", "teacher_trajectories"):
                 assert sorted(instance.get_materialized_partitions(dg.AssetKey(key))) == shard_partition_keys("smoke")
             assert instance.get_latest_materialization_event(dg.AssetKey("tiny_teacher")) is not None
+            # pepd_student ran `accelerate launch -m dd3g_core.train` through Pipes; rank 0 reported
+            student = instance.get_latest_materialization_event(dg.AssetKey("pepd_student"))
+            meta = student.asset_materialization.metadata
+            steps = [p[0] for p in meta["loss_curve"].value]
+            assert steps[-1] == 6 and meta["cache_hit"].value is False and meta["bad_steps"].value == 0
+            assert Path(meta["checkpoint"].value, "model.safetensors").is_file()
+            assert student.asset_materialization.tags["dagster/data_version"] == meta["weights_sha256"].value[:16]
     finally:
         if old_home is None:
             os.environ.pop("DAGSTER_HOME", None)

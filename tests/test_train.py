@@ -1,0 +1,179 @@
+"""Distillation training: a smoke run end to end, resume after kill -9, refusal of a foreign
+config, non-finite steps refused with their batch keys, and 2 gloo processes staying in sync."""
+
+import dataclasses
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from dd3g_core import trajectories as tr
+from dd3g_core.model import PEPD
+from dd3g_core.shards import write_shards
+from dd3g_core.teacher import TinyTeacher
+from dd3g_core.train_config import DistillConfig, apply_overrides, load_config
+from dd3g_core.train_state import ResumeMismatchError, list_checkpoints
+
+ROOT = Path(__file__).resolve().parents[1]
+FAST = dataclasses.replace(tr.PRESETS["smoke"], steps=2, record_steps=(0,), guidance=1.0)
+
+
+def rgba_image(i, size=64):
+    a = np.zeros((size, size, 4), np.uint8)
+    a[12 + i: 44 + i, 16:48] = [(50 * i) % 256, 120, 200 - 20 * i, 255]
+    return a
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    """A random tiny teacher and 2 trajectory shard sets of 4 images x 2 draws."""
+    root = tmp_path_factory.mktemp("distill")
+    teacher_dir = root / "teacher"
+    teacher = TinyTeacher(seed=0).eval()
+    teacher.save_pretrained(teacher_dir)
+    for s in range(2):
+        rgba = root / "rgba_images" / "v1" / f"shard-{s:05d}"
+        write_shards([{"__key__": f"s{s}_obj{i}", "rgba.png": rgba_image(i + 4 * s), "json": {}} for i in range(4)],
+                     rgba, samples_per_shard=4)
+        tr.cache_shard(root, rgba, teacher, FAST, s)
+    traj = next((root / "teacher_trajectories").iterdir())
+    return {"root": root, "teacher": teacher_dir, "trajectories": traj}
+
+
+def smoke_config(data, out, **changes) -> DistillConfig:
+    cfg = load_config(preset="smoke").replace(trajectories=str(data["trajectories"]), out=str(out),
+                                              teacher=str(data["teacher"]), torch_threads=1)
+    return cfg.replace(**changes)
+
+
+def test_config_files_and_overrides():
+    for name in ("tiny", "smoke", "full"):
+        cfg = load_config(ROOT / "assets" / "configs" / f"distill_{name}.json")
+        assert cfg.steps >= 1
+    cfg = apply_overrides(load_config(preset="tiny"), ["steps=7", "implicit_ramp=[1,2]", "model_overrides.depth=2",
+                                                       "model_overrides.shape_block=2", "model_overrides.mu_block=1"])
+    assert cfg.steps == 7 and cfg.implicit_ramp == (1, 2) and cfg.model_overrides["depth"] == 2
+    with pytest.raises(ValueError, match="unknown DistillConfig keys"):
+        apply_overrides(cfg, ["stepz=3"])
+    with pytest.raises(ValueError, match="mixed_precision"):
+        DistillConfig(mixed_precision="fp8")
+
+
+def test_smoke_run_exports_a_loadable_student(tmp_path, data):
+    from dd3g_core.train import train
+
+    cfg = smoke_config(data, tmp_path / "run")
+    result = train(cfg)
+    out = Path(cfg.out)
+    assert result["step"] == cfg.steps
+    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert [e["step"] for e in log] == list(range(1, cfg.steps + 1))
+    assert all(np.isfinite(e["total"]) for e in log)
+    assert any("imp_sds" in e for e in log)  # the ramp switched verification on
+    assert [s for s, _ in list_checkpoints(out)] == [4, 6]  # keep_checkpoints=2, every 2
+    model = PEPD.from_pretrained(out / "pepd")
+    _, meta = PEPD.read_config(out / "pepd")
+    assert meta["train_step"] == cfg.steps and meta["distill_config"]["steps"] == cfg.steps
+    assert (out / "pepd" / "model_raw.safetensors").is_file()
+    res = json.loads((out / "result.json").read_text())
+    assert res["metadata"]["loss_curve"][-1][0] == cfg.steps and res["metadata"]["bad_steps"] == 0
+    assert model.config.num_gaussians == 4096
+    # a finished run resumes to a no-op; another config in the same directory is refused
+    again = train(cfg)
+    assert again["step"] == cfg.steps
+    with pytest.raises(ResumeMismatchError, match="lr"):
+        train(cfg.replace(lr=1e-3))
+
+
+def test_non_finite_losses_skip_the_step_and_name_the_batch(tmp_path, data, monkeypatch):
+    import dd3g_core.train as train_mod
+
+    real = train_mod.compute_losses
+    calls = {"n": 0}
+
+    def poisoned(model, teacher, b, cfg, step, micro, generator, perceptual=None):
+        out = real(model, teacher, b, cfg, step, micro, generator, perceptual)
+        calls["n"] += 1
+        if calls["n"] == 2:
+            out["total"] = out["total"] * float("nan")
+        return out
+
+    monkeypatch.setattr(train_mod, "compute_losses", poisoned)
+    cfg = smoke_config(data, tmp_path / "run", steps=3)
+    result = train_mod.train(cfg)
+    record = json.loads((list_checkpoints(cfg.out)[-1][1] / "trainer_state.json").read_text())
+    assert result["step"] == 3 and len(record["bad_steps"]) == 1
+    assert "non-finite loss" in record["bad_steps"][0]["error"] and "_d0" in record["bad_steps"][0]["error"]
+    weights = PEPD.from_pretrained(Path(cfg.out) / "pepd").state_dict()
+    assert all(torch.isfinite(v).all() for v in weights.values())
+
+    def always_nan(*args, **kwargs):
+        out = real(*args, **kwargs)
+        out["total"] = out["total"] * float("nan")
+        return out
+
+    monkeypatch.setattr(train_mod, "compute_losses", always_nan)
+    with pytest.raises(FloatingPointError, match="non-finite loss"):
+        train_mod.train(smoke_config(data, tmp_path / "run2", max_bad_steps=3))
+
+
+def _train_cmd(cfg: DistillConfig) -> list[str]:
+    cmd = [sys.executable, "-m", "dd3g_core.train", "--preset", "smoke"]
+    for k, v in cfg.to_dict().items():
+        if v != dataclasses.asdict(load_config(preset="smoke")).get(k, object()):
+            cmd += ["--set", f"{k}={json.dumps(v) if not isinstance(v, str) else v}"]
+    return cmd
+
+
+def test_resume_after_kill_loses_at_most_one_checkpoint_interval(tmp_path, data):
+    cfg = smoke_config(data, tmp_path / "run", steps=40, checkpoint_every=5, log_every=1)
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.Popen(_train_cmd(cfg), cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    out = Path(cfg.out)
+    deadline = time.time() + 300
+    try:
+        while time.time() < deadline and not any(s >= 10 for s, _ in list_checkpoints(out)):
+            assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+            time.sleep(0.05)
+        logged = [json.loads(x)["step"] for x in (out / "log.jsonl").read_text().splitlines()]
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    killed_at = max(logged)
+    saved = max(s for s, _ in list_checkpoints(out))
+    assert killed_at - saved < cfg.checkpoint_every  # at most one interval of work lost
+    res = subprocess.run(_train_cmd(cfg), cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert f"resumed from {out / 'checkpoints' / f'step_{saved:08d}'} at step {saved}" in res.stdout + res.stderr
+    final = json.loads((out / "result.json").read_text())
+    assert final["step"] == 40
+    steps = [json.loads(x)["step"] for x in (out / "log.jsonl").read_text().splitlines()]
+    assert steps[-1] == 40 and set(range(1, 41)) <= set(steps)
+
+
+def test_two_gloo_processes_keep_parameters_in_sync(tmp_path, data):
+    """`accelerate launch --multi_gpu --num_processes 2` on a CPU machine: two gloo ranks."""
+    cfg = smoke_config(data, tmp_path / "run", steps=4, checkpoint_every=2)
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29517",
+           "-m"] + _train_cmd(cfg)[2:]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    res = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-3000:]
+    out = Path(cfg.out)
+    d0 = json.loads((out / "param_digest_rank0.json").read_text())
+    d1 = json.loads((out / "param_digest_rank1.json").read_text())
+    assert d0["world_size"] == d1["world_size"] == 2 and d0["step"] == d1["step"] == 4
+    assert d0["digest"] == d1["digest"]
+    ckpt = list_checkpoints(out)[-1][1]
+    assert (ckpt / "random_states_0.pkl").is_file() and (ckpt / "random_states_1.pkl").is_file()
+    assert json.loads((out / "result.json").read_text())["metadata"]["world_size"] == 2
