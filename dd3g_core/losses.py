@@ -46,8 +46,9 @@ def alpha_from_background(
 
     A colour-key matte, as the ``rgba_images`` stage does for its inputs. Object pixels within
     ``softness`` of the background colour read as partly transparent; the RGB term still pulls
-    those pixels to the right colour, so keep ``alpha_weight`` modest. For latent teachers
-    (ImageDream) the alpha target comes from running the matting model on OI instead.
+    those pixels to the right colour, so keep ``alpha_weight`` modest. The same matte serves the
+    ImageDream teacher, which also paints its views on a plain background; running a matting
+    model (rembg) on OI instead would handle object colours close to the background better.
     """
     bg = views.new_tensor(background).reshape(1, 1, 3, 1, 1)
     return ((views - bg).abs().amax(dim=2, keepdim=True) / softness).clamp(0.0, 1.0)

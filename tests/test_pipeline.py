@@ -145,6 +145,17 @@ def test_distill_job_runs_from_the_dagster_cli(tmp_path, teacher_dir):
             assert steps[-1] == 6 and meta["cache_hit"].value is False and meta["bad_steps"].value == 0
             assert Path(meta["checkpoint"].value, "model.safetensors").is_file()
             assert student.asset_materialization.tags["dagster/data_version"] == meta["weights_sha256"].value[:16]
+            checks = {name: instance.event_log_storage.get_latest_asset_check_execution_by_key(
+                [dg.AssetCheckKey(dg.AssetKey("pepd_student"), name)])
+                for name in ("student_renders_finite", "student_beats_copy_input")}
+            for name, by_key in checks.items():
+                record = next(iter(by_key.values()))
+                evaluation = record.event.dagster_event.event_specific_data
+                assert evaluation.check_name == name
+                if name == "student_renders_finite":
+                    assert evaluation.passed
+                else:  # random smoke teacher: only that it ran and reported its numbers
+                    assert "student_vs_teacher" in evaluation.metadata
     finally:
         if old_home is None:
             os.environ.pop("DAGSTER_HOME", None)

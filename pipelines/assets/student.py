@@ -12,8 +12,11 @@ hash of this asset's code version, the resolved ``DistillConfig.identity()`` and
 run of the same version is a cache hit (no launch); an unfinished one resumes from its newest
 checkpoint, so a killed run loses at most one checkpoint interval.
 
-Check ``student_renders_finite``: the exported model loads, and a forward on one cached sample
-gives finite Gaussians.
+Checks: ``student_renders_finite`` (the exported model loads, and a forward on one cached sample
+gives finite Gaussians) and ``student_beats_copy_input`` (severity WARN: on 8 held-out procedural
+objects the student's renders agree with the teacher's OI better than copying the input does;
+``dd3g_core.evaluation``, the numbers go to the check's metadata; ``benchmarks/distill_quality.py``
+is the full version).
 """
 
 import json
@@ -89,7 +92,9 @@ def launch_command(config_path: Path, overrides: list[str], num_processes: int, 
     group_name="student",
     kinds={"pytorch"},
     check_specs=[dg.AssetCheckSpec("student_renders_finite", asset="pepd_student",
-                                   description="The exported PEPD loads and gives finite Gaussians on a cached sample.")],
+                                   description="The exported PEPD loads and gives finite Gaussians on a cached sample."),
+                 dg.AssetCheckSpec("student_beats_copy_input", asset="pepd_student",
+                                   description="Held-out teacher agreement beats the copy-input baseline (8 objects).")],
     description="PEPD student distilled from the teacher trajectories (Accelerate via Dagster Pipes).",
 )
 def pepd_student(context: dg.AssetExecutionContext, config: PEPDStudentConfig, settings: DD3GSettings,
@@ -126,12 +131,31 @@ def pepd_student(context: dg.AssetExecutionContext, config: PEPDStudentConfig, s
                                              "command": " ".join(cmd)},
                                    data_version=reported.data_version or dg.DataVersion(result["data_version"]))
     problems = _check_student(run_dir / "pepd", traj_dir, teacher_folder)
+    quality = _quick_quality(run_dir / "pepd", teacher_folder) if not problems else {}
+    agree = quality.get("student_vs_teacher", float("nan")) - quality.get("copy_input_vs_teacher", float("nan"))
     return dg.MaterializeResult(
         metadata={**(mat.metadata or {}), "run_dir": dg.MetadataValue.path(str(run_dir))},
         data_version=mat.data_version,
-        check_results=[dg.AssetCheckResult(check_name="student_renders_finite", passed=not problems,
-                                           metadata={"problems": dg.MetadataValue.json(problems)})],
+        check_results=[
+            dg.AssetCheckResult(check_name="student_renders_finite", passed=not problems,
+                                metadata={"problems": dg.MetadataValue.json(problems)}),
+            dg.AssetCheckResult(check_name="student_beats_copy_input", passed=bool(agree > 0),
+                                severity=dg.AssetCheckSeverity.WARN,
+                                metadata={"agreement_minus_copy_input_db": float(agree),
+                                          **{k: float(v) for k, v in quality.items()}}),
+        ],
     )
+
+
+def _quick_quality(pepd_dir: Path, teacher_folder: Path, objects: int = 8) -> dict:
+    from dd3g_core.evaluation import evaluate_student, heldout_set
+    from dd3g_core.model import PEPD
+    from dd3g_core.teacher.loading import load_teacher
+
+    teacher = load_teacher(teacher_folder)
+    m = evaluate_student(PEPD.from_pretrained(pepd_dir), teacher, heldout_set(objects, teacher), draws=1, batch=objects)
+    keys = ("student_vs_teacher", "copy_input_vs_teacher", "teacher_vs_gt", "student_novel_vs_gt")
+    return {k: m[k] for k in keys}
 
 
 def _metadata(meta: dict) -> dict:
