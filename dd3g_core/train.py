@@ -230,7 +230,7 @@ def train(cfg: DistillConfig) -> dict[str, Any]:
                 losses = compute_losses(model, teacher, b, cfg, step, micro, generator, perceptual)
                 finite = torch.tensor(float(bool(torch.isfinite(losses["total"]).item())), device=accelerator.device)
                 if accelerator.reduce(finite, reduction="sum").item() < world:  # every rank skips together
-                    err = NonFiniteLossError({k: float(v) for k, v in losses.items()}, b["keys"], step)
+                    err = NonFiniteLossError({k: float(v.detach()) for k, v in losses.items()}, b["keys"], step)
                     record["bad_steps"].append({"step": step, "rank": rank, "error": str(err)})
                     accelerator.print(f"WARNING: {err}")
                     reporter.log(f"skipped step: {err}")
