@@ -125,6 +125,9 @@ def test_noise_changes_the_output_deterministically(teacher, student):
 
 def test_save_and_load_roundtrip_and_foreign_checkpoints(tmp_path, teacher, student):
     path = student.save_pretrained(tmp_path / "pepd", extra={"teacher": "tiny"})
+    again = student.save_pretrained(tmp_path / "again", extra={"teacher": "tiny"})
+    for name in ("model.safetensors", "config.json"):  # byte-identical: the weights' sha256 is a DataVersion
+        assert (path / name).read_bytes() == (again / name).read_bytes()
     loaded = PEPD.from_pretrained(path, expected=student.config)
     x = inputs(teacher)
     with torch.no_grad():

@@ -184,7 +184,7 @@ class PEPD(nn.Module):
             cfg = {**self.config.to_dict(), "parameters": self.num_parameters(), **(dict(extra or {}))}
             atomic_write_json(tmp / CONFIG_NAME, cfg)
             save_file({k: v.detach().cpu().contiguous() for k, v in sd.items()}, str(tmp / WEIGHTS_NAME),
-                      metadata={"format": "pt", "dd3g_format": "dd3g-pepd"})
+                      metadata={"format": "pt"})  # one key: safetensors orders metadata by a randomised hash map
         return path
 
     @staticmethod

@@ -211,7 +211,9 @@ class TinyTeacher(MultiViewTeacher):
         path = Path(path)
         with atomic_directory(path) as tmp:
             atomic_write_json(tmp / CONFIG_NAME, self.to_config())
-            save_file(tensors, str(tmp / WEIGHTS_NAME), metadata={"format": "pt", "dd3g_format": FORMAT})
+            # one metadata key only: safetensors writes the metadata map in a random order, so two keys
+            # made the file bytes (and its sha256, the DataVersion) differ from run to run
+            save_file(tensors, str(tmp / WEIGHTS_NAME), metadata={"format": "pt"})
         return path
 
     @classmethod
