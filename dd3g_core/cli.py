@@ -208,7 +208,7 @@ def _add_teacher(sub) -> None:
     p = sub.add_parser("teacher", help="the tiny multi-view teacher (see docs/teacher.md)")
     teacher = p.add_subparsers(dest="teacher_command", metavar="{pretrain,export}", required=True)
     t = teacher.add_parser("pretrain", help="train (or resume training) the tiny teacher on the procedural world")
-    t.add_argument("--preset", choices=["tiny", "smoke"], default="tiny")
+    t.add_argument("--preset", choices=["tiny", "tiny16", "smoke"], default="tiny")
     t.add_argument("--out", default="teacher_run", help="run directory (checkpoints, log.jsonl, data cache)")
     t.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
                    help="continue from the newest checkpoint in --out (default) or start over")

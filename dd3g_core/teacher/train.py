@@ -90,6 +90,9 @@ class TeacherTrainConfig:
     threads: int = 2
     zero_init: bool = True
     generate_data: bool = True  # render missing cache shards before training (in-process)
+    # start (when there is no checkpoint yet) from a trained teacher folder ("shipped" = assets/models/
+    # tiny-teacher), grown into this config's attention levels (teacher/grow.py: function-preserving)
+    init_from: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -122,6 +125,10 @@ class TeacherTrainConfig:
 TRAIN_PRESETS: dict[str, TeacherTrainConfig] = {
     # The real budget: hours of background training on 2 cores (~2.2 s per step of 32 objects).
     "tiny": TeacherTrainConfig(),
+    # The shipped teacher grown to joint attention at 16x16 too (docs/teacher.md "Diagnosis"),
+    # trained on: batch 16 keeps a step near the tiny preset's cost.
+    "tiny16": TeacherTrainConfig(unet_overrides={"attention_resolutions": (2, 4, 8)}, init_from="shipped",
+                                 batch_size=16, warmup_steps=100),
     # Seconds, for tests: a small U-Net, 8 objects, checkpoints every 2 steps.
     "smoke": TeacherTrainConfig(
         unet_overrides={"model_channels": 16, "channel_mult": (1, 2), "attention_resolutions": (2,),
@@ -149,6 +156,20 @@ def build_teacher(config: TeacherTrainConfig) -> TinyTeacher:
     teacher = TinyTeacher(unet_config=config.unet_config(), seed=config.seed)
     if config.zero_init:
         zero_init_residuals(teacher)
+    if config.init_from:
+        from .grow import grow_unet
+        from .tiny import default_tiny_teacher_path
+
+        src = TinyTeacher.from_pretrained(default_tiny_teacher_path() if config.init_from == "shipped"
+                                          else config.init_from)
+        grown = grow_unet(src.unet, config.unet_config().attention_resolutions)
+        if grown.config != teacher.unet.config:
+            raise ValueError(f"init_from {config.init_from}: its U-Net grown ({grown.config}) differs from the "
+                             f"configured one ({teacher.unet.config}) beyond attention levels")
+        teacher.unet.load_state_dict(grown.state_dict(), strict=True)
+        teacher.image_encoder.load_state_dict(src.image_encoder.state_dict(), strict=True)
+        with torch.no_grad():
+            teacher.null_context.copy_(src.null_context)
     return teacher
 
 
