@@ -167,6 +167,7 @@ def _metadata(meta: dict) -> dict:
 
 
 def _check_student(pepd_dir: Path, traj_dir: Path, teacher_folder: Path) -> list[str]:
+    import numpy as np
     import torch
 
     from dd3g_core.model import PEPD
@@ -178,7 +179,7 @@ def _check_student(pepd_dir: Path, traj_dir: Path, teacher_folder: Path) -> list
         teacher = load_teacher(teacher_folder)
         shard_set = next(d for d in sorted(traj_dir.iterdir()) if (d / "manifest.json").is_file())
         s = next(iter(iter_samples(shard_set)))
-        image = torch.from_numpy(s["input.png"]).permute(2, 0, 1)[None]
+        image = torch.from_numpy(np.array(s["input.png"])).permute(2, 0, 1)[None]
         with torch.no_grad():
             out = model(torch.from_numpy(s["noise.npy"])[None], torch.from_numpy(s["cameras.npy"]),
                         teacher.encode_condition(image), image, torch.from_numpy(s["viewmats.npy"]),
