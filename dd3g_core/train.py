@@ -13,8 +13,9 @@ Reads top to bottom:
    rotated cameras, non-finite steps refused with their batch keys, EMA, logs, checkpoints;
 6. ``<out>/pepd/``: ``save_pretrained`` of the EMA weights (+ ``model_raw.safetensors``).
 
-Under Dagster Pipes (the ``pepd_student`` asset) rank 0 streams logs and reports the
-materialization: loss curve, checkpoint path, parameter counts.
+A ``reporter`` (rank 0 only) receives log lines and the final materialization: loss curve,
+checkpoint path, parameter counts. The ``pepd_student`` asset launches ``pipelines.pipes_train``,
+which passes one that speaks Dagster Pipes; this library never imports Dagster.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import math
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 
@@ -104,32 +105,20 @@ def compute_losses(model, teacher, b: dict[str, Any], cfg: DistillConfig, step: 
     return losses
 
 
-class _Reporter:
-    """Dagster Pipes on rank 0 when launched by the ``pepd_student`` asset, else a no-op."""
+class Reporter(Protocol):
+    """Where rank 0 sends progress besides ``log.jsonl`` (e.g. Dagster Pipes: ``pipelines/pipes_train.py``)."""
 
-    def __init__(self, enabled: bool):
-        self.pipes, self._cm = None, None
-        if enabled:
-            from dagster_pipes import PipesEnvVarParamsLoader, open_dagster_pipes
+    def log(self, message: str) -> None: ...
 
-            if PipesEnvVarParamsLoader().is_dagster_pipes_process():
-                self._cm = open_dagster_pipes()
-                self.pipes = self._cm.__enter__()
+    def materialize(self, metadata: dict[str, Any], data_version: str) -> None: ...
 
-    def log(self, msg: str) -> None:
-        if self.pipes is not None:
-            self.pipes.log.info(msg)
 
-    def materialize(self, metadata: dict, data_version: str) -> None:
-        if self.pipes is not None:
-            typed = {k: ({"raw_value": v, "type": "json"} if isinstance(v, (dict, list)) else
-                         {"raw_value": v, "type": "path"} if k == "checkpoint" else v)
-                     for k, v in metadata.items()}
-            self.pipes.report_asset_materialization(metadata=typed, data_version=data_version)
+class _NoReporter:
+    def log(self, message: str) -> None:
+        pass
 
-    def close(self, exc: BaseException | None = None) -> None:
-        if self._cm is not None:
-            self._cm.__exit__(type(exc) if exc else None, exc, exc.__traceback__ if exc else None)
+    def materialize(self, metadata: dict[str, Any], data_version: str) -> None:
+        pass
 
 
 class _WarmupCosine:
@@ -153,7 +142,7 @@ def _param_groups(model: PEPD, cfg: DistillConfig) -> list[dict]:
     return [{"params": phase1, "lr": cfg.lr * cfg.phase1_lr_scale}, {"params": rest, "lr": cfg.lr}]
 
 
-def train(cfg: DistillConfig) -> dict[str, Any]:
+def train(cfg: DistillConfig, reporter: Reporter | None = None) -> dict[str, Any]:
     from accelerate import Accelerator
     from accelerate.utils import set_seed
     from diffusers.training_utils import EMAModel
@@ -173,116 +162,109 @@ def train(cfg: DistillConfig) -> dict[str, Any]:
                               cpu=not torch.cuda.is_available())
     set_seed(cfg.seed, device_specific=True)
     rank, world = accelerator.process_index, accelerator.num_processes
-    reporter = _Reporter(accelerator.is_main_process)
-    failure: BaseException | None = None
-    try:
-        # 2. frozen teacher + student
-        weight_dtype = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[cfg.mixed_precision]
-        teacher = load_teacher(cfg.teacher, device=accelerator.device, dtype=weight_dtype)
-        model = build_student(cfg, teacher)
-        perceptual = None
-        if cfg.perceptual_weights and cfg.perceptual_weight > 0:
-            from .perceptual import PerceptualLoss
+    reporter = reporter if (reporter is not None and accelerator.is_main_process) else _NoReporter()
+    # 2. frozen teacher + student
+    weight_dtype = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[cfg.mixed_precision]
+    teacher = load_teacher(cfg.teacher, device=accelerator.device, dtype=weight_dtype)
+    model = build_student(cfg, teacher)
+    perceptual = None
+    if cfg.perceptual_weights and cfg.perceptual_weight > 0:
+        from .perceptual import PerceptualLoss
 
-            perceptual = PerceptualLoss.from_file(cfg.perceptual_weights).to(accelerator.device)
-        # 3. optimizer, schedule, EMA; prepare
-        opt = torch.optim.AdamW(_param_groups(model, cfg), lr=cfg.lr, weight_decay=cfg.weight_decay,
-                                betas=(0.9, 0.99))
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, _WarmupCosine(cfg.warmup_steps, cfg.steps, cfg.min_lr_ratio))
-        model, opt, sched = accelerator.prepare(model, opt, sched)
-        ema = EMAModel(accelerator.unwrap_model(model).parameters(), decay=cfg.ema_decay)
-        ema.to(accelerator.device)
-        # 4. resume
-        record: dict[str, Any] = {"config": cfg.to_dict(), "config_identity": cfg.identity(), "history": [],
-                                  "bad_steps": [], "world_size": world}
-        step = 0
-        ckpt = latest_checkpoint(out)
-        if ckpt is not None:
-            prev = load_checkpoint(accelerator, model, ema, ckpt, identity=cfg.identity())
-            step = int(prev["step"])
-            record["history"], record["bad_steps"] = prev.get("history", []), prev.get("bad_steps", [])
-            accelerator.print(f"resumed from {ckpt} at step {step}")
-            reporter.log(f"resumed from {ckpt} at step {step}")
-        elif accelerator.is_main_process:
-            out.mkdir(parents=True, exist_ok=True)
-        n_micro = cfg.batch_size * cfg.grad_accum
-        loader = make_train_loader(cfg.trajectories, cfg.batch_size, num_workers=cfg.num_workers,
-                                   shuffle_buffer=cfg.shuffle_buffer,
-                                   epoch_samples=(cfg.steps - step) * n_micro // max(cfg.num_workers, 1) + n_micro,
-                                   seed=cfg.seed * 7919 + step, decode="rgba8", drop_last=True,
-                                   skip_log=out / f"skipped_rank{rank}.jsonl")
-        generator = torch.Generator().manual_seed(cfg.seed * 1_000_003 + rank * 10_007 + step)
-        # 5. the loop
-        from tqdm.auto import tqdm
+        perceptual = PerceptualLoss.from_file(cfg.perceptual_weights).to(accelerator.device)
+    # 3. optimizer, schedule, EMA; prepare
+    opt = torch.optim.AdamW(_param_groups(model, cfg), lr=cfg.lr, weight_decay=cfg.weight_decay,
+                            betas=(0.9, 0.99))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, _WarmupCosine(cfg.warmup_steps, cfg.steps, cfg.min_lr_ratio))
+    model, opt, sched = accelerator.prepare(model, opt, sched)
+    ema = EMAModel(accelerator.unwrap_model(model).parameters(), decay=cfg.ema_decay)
+    ema.to(accelerator.device)
+    # 4. resume
+    record: dict[str, Any] = {"config": cfg.to_dict(), "config_identity": cfg.identity(), "history": [],
+                              "bad_steps": [], "world_size": world}
+    step = 0
+    ckpt = latest_checkpoint(out)
+    if ckpt is not None:
+        prev = load_checkpoint(accelerator, model, ema, ckpt, identity=cfg.identity())
+        step = int(prev["step"])
+        record["history"], record["bad_steps"] = prev.get("history", []), prev.get("bad_steps", [])
+        accelerator.print(f"resumed from {ckpt} at step {step}")
+        reporter.log(f"resumed from {ckpt} at step {step}")
+    elif accelerator.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
+    n_micro = cfg.batch_size * cfg.grad_accum
+    loader = make_train_loader(cfg.trajectories, cfg.batch_size, num_workers=cfg.num_workers,
+                               shuffle_buffer=cfg.shuffle_buffer,
+                               epoch_samples=(cfg.steps - step) * n_micro // max(cfg.num_workers, 1) + n_micro,
+                               seed=cfg.seed * 7919 + step, decode="rgba8", drop_last=True,
+                               skip_log=out / f"skipped_rank{rank}.jsonl")
+    generator = torch.Generator().manual_seed(cfg.seed * 1_000_003 + rank * 10_007 + step)
+    # 5. the loop
+    from tqdm.auto import tqdm
 
-        bar = tqdm(total=cfg.steps, initial=step, disable=not accelerator.is_local_main_process, desc="distill")
-        model.train()
-        micro, consecutive_bad, t_last, window = 0, 0, time.perf_counter(), []
-        data = iter(loader)
-        while step < cfg.steps:
-            try:
-                raw = next(data)
-            except StopIteration:
-                data = iter(loader)
-                continue
-            b = batch_to(raw, accelerator.device)
-            with accelerator.accumulate(model):
-                losses = compute_losses(model, teacher, b, cfg, step, micro, generator, perceptual)
-                finite = torch.tensor(float(bool(torch.isfinite(losses["total"]).item())), device=accelerator.device)
-                if accelerator.reduce(finite, reduction="sum").item() < world:  # every rank skips together
-                    err = NonFiniteLossError({k: float(v.detach()) for k, v in losses.items()}, b["keys"], step)
-                    record["bad_steps"].append({"step": step, "rank": rank, "error": str(err)})
-                    accelerator.print(f"WARNING: {err}")
-                    reporter.log(f"skipped step: {err}")
-                    opt.zero_grad(set_to_none=True)
-                    consecutive_bad += 1
-                    if consecutive_bad >= cfg.max_bad_steps:
-                        raise err
-                    micro += 1
-                    continue
-                consecutive_bad = 0
-                accelerator.backward(losses["total"])
-                grad_norm = None
-                if accelerator.sync_gradients:
-                    grad_norm = accelerator.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-                opt.step()
-                sched.step()
+    bar = tqdm(total=cfg.steps, initial=step, disable=not accelerator.is_local_main_process, desc="distill")
+    model.train()
+    micro, consecutive_bad, t_last, window = 0, 0, time.perf_counter(), []
+    data = iter(loader)
+    while step < cfg.steps:
+        try:
+            raw = next(data)
+        except StopIteration:
+            data = iter(loader)
+            continue
+        b = batch_to(raw, accelerator.device)
+        with accelerator.accumulate(model):
+            losses = compute_losses(model, teacher, b, cfg, step, micro, generator, perceptual)
+            finite = torch.tensor(float(bool(torch.isfinite(losses["total"]).item())), device=accelerator.device)
+            if accelerator.reduce(finite, reduction="sum").item() < world:  # every rank skips together
+                err = NonFiniteLossError({k: float(v.detach()) for k, v in losses.items()}, b["keys"], step)
+                record["bad_steps"].append({"step": step, "rank": rank, "error": str(err)})
+                accelerator.print(f"WARNING: {err}")
+                reporter.log(f"skipped step: {err}")
                 opt.zero_grad(set_to_none=True)
-            micro += 1
-            window.append({k: float(v.detach()) for k, v in losses.items()})
-            if not accelerator.sync_gradients:
+                consecutive_bad += 1
+                if consecutive_bad >= cfg.max_bad_steps:
+                    raise err
+                micro += 1
                 continue
-            ema.step(accelerator.unwrap_model(model).parameters())
-            step += 1
-            bar.update(1)
-            if step % cfg.log_every == 0 or step == cfg.steps:
-                now = time.perf_counter()
-                mean = {k: sum(w[k] for w in window if k in w) / max(1, sum(k in w for w in window))
-                        for k in window[-1]}
-                entry = {"step": step, **{k: round(v, 6) for k, v in mean.items()},
-                         "lr": sched.get_last_lr()[-1], "grad_norm": float(grad_norm) if grad_norm is not None else None,
-                         "s_per_step": (now - t_last) / cfg.log_every, "time": time.time()}
-                t_last, window = now, []
-                record["history"].append(entry)
-                if accelerator.is_main_process:
-                    with open(out / "log.jsonl", "a") as f:
-                        f.write(json.dumps(entry) + "\n")
-                bar.set_postfix(loss=f"{entry['total']:.4f}", rgb=f"{entry['exp_rgb']:.4f}")
-                reporter.log(f"step {step}: total {entry['total']:.5f} rgb {entry['exp_rgb']:.5f}")
-            if step % cfg.checkpoint_every == 0 or step == cfg.steps:
-                save_checkpoint(accelerator, model, ema, step, out, record, keep=cfg.keep_checkpoints)
-        bar.close()
-        # 6. export the EMA weights (what `dd3g generate` loads) + the raw weights
-        accelerator.wait_for_everyone()
-        result = _export(accelerator, model, ema, cfg, out, record, step, read_skip_log)
-        if "metadata" in result:  # rank 0 only
-            reporter.materialize(result["metadata"], result["data_version"])
-        return result
-    except BaseException as e:
-        failure = e
-        raise
-    finally:
-        reporter.close(failure)
+            consecutive_bad = 0
+            accelerator.backward(losses["total"])
+            grad_norm = None
+            if accelerator.sync_gradients:
+                grad_norm = accelerator.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            opt.step()
+            sched.step()
+            opt.zero_grad(set_to_none=True)
+        micro += 1
+        window.append({k: float(v.detach()) for k, v in losses.items()})
+        if not accelerator.sync_gradients:
+            continue
+        ema.step(accelerator.unwrap_model(model).parameters())
+        step += 1
+        bar.update(1)
+        if step % cfg.log_every == 0 or step == cfg.steps:
+            now = time.perf_counter()
+            mean = {k: sum(w[k] for w in window if k in w) / max(1, sum(k in w for w in window))
+                    for k in window[-1]}
+            entry = {"step": step, **{k: round(v, 6) for k, v in mean.items()},
+                     "lr": sched.get_last_lr()[-1], "grad_norm": float(grad_norm) if grad_norm is not None else None,
+                     "s_per_step": (now - t_last) / cfg.log_every, "time": time.time()}
+            t_last, window = now, []
+            record["history"].append(entry)
+            if accelerator.is_main_process:
+                with open(out / "log.jsonl", "a") as f:
+                    f.write(json.dumps(entry) + "\n")
+            bar.set_postfix(loss=f"{entry['total']:.4f}", rgb=f"{entry['exp_rgb']:.4f}")
+            reporter.log(f"step {step}: total {entry['total']:.5f} rgb {entry['exp_rgb']:.5f}")
+        if step % cfg.checkpoint_every == 0 or step == cfg.steps:
+            save_checkpoint(accelerator, model, ema, step, out, record, keep=cfg.keep_checkpoints)
+    bar.close()
+    # 6. export the EMA weights (what `dd3g generate` loads) + the raw weights
+    accelerator.wait_for_everyone()
+    result = _export(accelerator, model, ema, cfg, out, record, step, read_skip_log)
+    if "metadata" in result:  # rank 0 only
+        reporter.materialize(result["metadata"], result["data_version"])
+    return result
 
 
 def _export(accelerator, model, ema, cfg, out: Path, record, step, read_skip_log) -> dict[str, Any]:
@@ -321,14 +303,14 @@ def _export(accelerator, model, ema, cfg, out: Path, record, step, read_skip_log
     return result
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, reporter: Reporter | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m dd3g_core.train", description=__doc__.split("\n\n")[0])
     p.add_argument("--config", help="JSON run config (assets/configs/distill_*.json)")
     p.add_argument("--preset", help="start from a named preset instead of a file (tiny, smoke, full)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field")
     args = p.parse_args(argv)
     cfg = load_config(args.config, args.preset, args.set)
-    result = train(cfg)
+    result = train(cfg, reporter)
     if "metadata" in result:
         print(json.dumps({k: v for k, v in result["metadata"].items() if k != "loss_curve"}))
     return 0

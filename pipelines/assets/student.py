@@ -1,7 +1,8 @@
 """``pepd_student``: distil the teacher's cached trajectories into PEPD (group ``student``).
 
 Training runs as a subprocess through Dagster Pipes — ``python -m accelerate.commands.launch
-[--multi_gpu --num_processes N | --config_file F] -m dd3g_core.train --config C --set …`` — so
+[--multi_gpu --num_processes N | --config_file F] -m pipelines.pipes_train --config C --set …``
+(``dd3g_core.train`` with a Pipes reporter on rank 0) — so
 one asset can own N GPUs (or N gloo processes on a CPU box). Rank 0 of the trainer streams its
 log lines to the run log and reports the materialization: loss curve, checkpoint path,
 parameter counts, skipped samples, and the exported weights' hash as the data version.
@@ -80,7 +81,7 @@ def launch_command(config_path: Path, overrides: list[str], num_processes: int, 
     else:
         cmd += ["--num_processes", "1", "--num_machines", "1"]
     cmd += ["--mixed_precision", "no", "--dynamo_backend", "no"] if not accelerate_config else []
-    cmd += ["-m", "dd3g_core.train", "--config", str(config_path)]
+    cmd += ["-m", "pipelines.pipes_train", "--config", str(config_path)]
     for o in overrides:
         cmd += ["--set", o]
     return cmd
