@@ -32,8 +32,8 @@ from torch import Tensor, nn
 
 from ..gaussians import Gaussians
 from ..io import atomic_directory, atomic_write_json
-from ..teacher.interface import Condition, composite_rgb
-from ..teacher.state_dict import check_state_dict
+from ..teacher.interface import Condition
+from ..teacher.state_dict import check_state_dict, load_weights_file
 from ..teacher.unet import MultiViewUNet
 from .config import PEPDConfig
 from .heads import GaussianHeads, grid_rays
@@ -204,18 +204,10 @@ class PEPD(nn.Module):
     def from_pretrained(cls, path: str | Path, expected: PEPDConfig | None = None,
                         device: torch.device | str | None = None) -> "PEPD":
         """Load a folder; with ``expected``, a checkpoint of another config is refused with the differing keys."""
-        from safetensors.torch import load_file
-
         path = Path(path)
         cfg, _ = cls.read_config(path)
         if expected is not None and (diff := expected.diff(cfg)):
             raise ConfigMismatchError(f"{path} was trained with another PEPD config; differing keys "
                                       f"(expected, checkpoint): {dict(list(diff.items())[:10])}")
-        model = cls(cfg, _meta=True)
-        sd = load_file(str(path / WEIGHTS_NAME), device="cpu")
-        try:
-            check_state_dict(model, sd)
-        except ValueError as e:
-            raise ConfigMismatchError(f"{path / WEIGHTS_NAME} does not match its config: {e}") from None
-        model.load_state_dict(sd, strict=True, assign=True)
+        model = load_weights_file(cls(cfg, _meta=True), path / WEIGHTS_NAME, ConfigMismatchError)
         return model.to(device or "cpu").eval()

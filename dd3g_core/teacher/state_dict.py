@@ -86,3 +86,17 @@ def read_state_dict_listing(path: str | Path) -> dict[str, tuple[int, ...]]:
         except (ValueError, SyntaxError) as e:
             raise ValueError(f"{path}:{lineno}: cannot parse {line!r}") from e
     return shapes
+
+
+def load_weights_file(model: nn.Module, path: str | Path, error: type[Exception] = ValueError) -> nn.Module:
+    """Fill ``model`` (typically built on the meta device) from a safetensors file, strictly:
+    any missing, unexpected or wrongly-shaped key raises ``error`` listing the first differences."""
+    from safetensors.torch import load_file
+
+    sd = load_file(str(path), device="cpu")
+    try:
+        check_state_dict(model, sd)
+    except ValueError as e:
+        raise error(f"{path} does not match the model's config: {e}") from None
+    model.load_state_dict(sd, strict=True, assign=True)
+    return model

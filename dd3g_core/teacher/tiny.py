@@ -33,7 +33,7 @@ from .config import MultiViewUNetConfig
 from .image_encoder import TinyImageEncoder, TinyImageEncoderConfig
 from .interface import Condition, MissingWeightsError, MultiViewTeacher, prepare_images, resize_square
 from .sampler import make_scheduler
-from .state_dict import check_state_dict
+from .state_dict import check_state_dict, load_weights_file
 from .unet import MultiViewUNet
 
 __all__ = ["TinyTeacher", "TINY_SCHEDULER_CONFIG", "default_tiny_teacher_path", "FORMAT", "FORMAT_VERSION"]
@@ -224,17 +224,9 @@ class TinyTeacher(MultiViewTeacher):
         dtype: torch.dtype | None = None,  # default float32
     ) -> "TinyTeacher":
         """Load a ``save_pretrained`` folder (strict: any key/shape difference is listed)."""
-        from safetensors.torch import load_file
-
         path = default_tiny_teacher_path() if path is None else Path(path)
         _check_files(path)
         config = json.loads((path / CONFIG_NAME).read_text())
-        teacher = cls.from_config(config, _meta=True)
-        sd = load_file(str(path / WEIGHTS_NAME), device="cpu")
-        try:
-            check_state_dict(teacher, sd)
-        except ValueError as e:
-            raise ValueError(f"{path / WEIGHTS_NAME} does not match {path / CONFIG_NAME}: {e}") from None
-        teacher.load_state_dict(sd, strict=True, assign=True)
+        teacher = load_weights_file(cls.from_config(config, _meta=True), path / WEIGHTS_NAME)
         teacher.to(device=device, dtype=dtype or torch.float32)
         return teacher.eval()
