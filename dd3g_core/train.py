@@ -190,8 +190,7 @@ def train(cfg: DistillConfig, reporter: Reporter | None = None) -> dict[str, Any
         record["history"], record["bad_steps"] = prev.get("history", []), prev.get("bad_steps", [])
         accelerator.print(f"resumed from {ckpt} at step {step}")
         reporter.log(f"resumed from {ckpt} at step {step}")
-    elif accelerator.is_main_process:
-        out.mkdir(parents=True, exist_ok=True)
+    out.mkdir(parents=True, exist_ok=True)  # every rank: each writes its own skip log and digest here
     n_micro = cfg.batch_size * cfg.grad_accum
     loader = make_train_loader(cfg.trajectories, cfg.batch_size, num_workers=cfg.num_workers,
                                shuffle_buffer=cfg.shuffle_buffer,
