@@ -20,6 +20,7 @@ def _run_generate(args) -> int:
 
     from .exports import save_png, save_turntable, views_grid
     from .generate import Generator, prepare_image, slerp, write_sample, write_summary
+    from .ply import save_ply
     from .world import orbit_views, to_uint8
 
     if args.num_samples < 1 or args.interp_steps < 2:
@@ -54,8 +55,6 @@ def _run_generate(args) -> int:
             t = i / (args.interp_steps - 1)
             g = gen(rgba, slerp(a, b, t))
             stem = f"{image.stem}_interp_{args.seed}_{args.interpolate}_{i:02d}"
-            from .ply import save_ply
-
             save_ply(g, out / f"{stem}.ply")
             stems.append(stem)
             rgb, _ = orbit_views(g, [0.0, 90.0, 180.0, 270.0], 15.0, 1.5, 49.1, args.resolution, bg)

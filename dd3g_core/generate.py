@@ -14,7 +14,6 @@ Recipe, per input image:
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -160,7 +159,3 @@ def write_summary(out_dir: Path, summary: dict) -> Path:
     path = out_dir / "generate.json"
     atomic_write_json(path, summary)
     return path
-
-
-def summary_json(obj) -> str:
-    return json.dumps(obj, indent=2, default=str)
