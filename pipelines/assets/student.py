@@ -43,11 +43,10 @@ class PEPDStudentConfig(dg.Config):
     threads_per_process: int = 0  # OMP/torch threads per process on CPU (0: cores / processes)
 
 
-def _trajectories_dir(settings: DD3GSettings) -> Path:
+def _trajectories_dir(settings: DD3GSettings, teacher) -> Path:
     from dd3g_core import trajectories as traj
 
     root = settings.root() / traj.STAGE
-    teacher = settings.load_teacher()
     config = traj.PRESETS[settings.profile]
     versions = {traj.stage_dir(settings.root(), config, teacher.config_hash(), _rgba_version(settings, i)).name
                 for i in range(_num_shards(settings))}
@@ -103,7 +102,8 @@ def pepd_student(context: dg.AssetExecutionContext, config: PEPDStudentConfig, s
     from dd3g_core.train_config import load_config
 
     config_path = Path(config.config_file) if config.config_file else CONFIG_DIR / f"distill_{settings.profile}.json"
-    traj_dir = _trajectories_dir(settings)
+    teacher = settings.load_teacher()  # loaded once: trajectory version, then both checks
+    traj_dir = _trajectories_dir(settings, teacher)
     teacher_folder = settings.teacher_folder()
     base = load_config(config_path, overrides=list(config.overrides) + [f"teacher={teacher_folder}"])
     version = stable_hash({"code": CODE_VERSION, "config": base.identity(), "steps": base.steps,
@@ -131,8 +131,8 @@ def pepd_student(context: dg.AssetExecutionContext, config: PEPDStudentConfig, s
         mat = dg.MaterializeResult(metadata={**(reported.metadata or {}), "cache_hit": False, "version": version,
                                              "command": " ".join(cmd)},
                                    data_version=reported.data_version or dg.DataVersion(result["data_version"]))
-    problems = _check_student(run_dir / "pepd", traj_dir, teacher_folder)
-    quality = _quick_quality(run_dir / "pepd", teacher_folder) if not problems else {}
+    problems = _check_student(run_dir / "pepd", traj_dir, teacher)
+    quality = _quick_quality(run_dir / "pepd", teacher) if not problems else {}
     agree = quality.get("student_vs_teacher", float("nan")) - quality.get("copy_input_vs_teacher", float("nan"))
     return dg.MaterializeResult(
         metadata={**(mat.metadata or {}), "run_dir": dg.MetadataValue.path(str(run_dir))},
@@ -148,12 +148,10 @@ def pepd_student(context: dg.AssetExecutionContext, config: PEPDStudentConfig, s
     )
 
 
-def _quick_quality(pepd_dir: Path, teacher_folder: Path, objects: int = 8) -> dict:
+def _quick_quality(pepd_dir: Path, teacher, objects: int = 8) -> dict:
     from dd3g_core.evaluation import evaluate_student, heldout_set
     from dd3g_core.model import PEPD
-    from dd3g_core.teacher.loading import load_teacher
 
-    teacher = load_teacher(teacher_folder)
     m = evaluate_student(PEPD.from_pretrained(pepd_dir), teacher, heldout_set(objects, teacher), draws=1, batch=objects)
     keys = ("student_vs_teacher", "copy_input_vs_teacher", "teacher_vs_gt", "student_novel_vs_gt")
     return {k: m[k] for k in keys}
@@ -167,17 +165,15 @@ def _metadata(meta: dict) -> dict:
     return out
 
 
-def _check_student(pepd_dir: Path, traj_dir: Path, teacher_folder: Path) -> list[str]:
+def _check_student(pepd_dir: Path, traj_dir: Path, teacher) -> list[str]:
     import numpy as np
     import torch
 
     from dd3g_core.model import PEPD
     from dd3g_core.shards import iter_samples
-    from dd3g_core.teacher.loading import load_teacher
 
     try:
         model = PEPD.from_pretrained(pepd_dir)
-        teacher = load_teacher(teacher_folder)
         shard_set = next(d for d in sorted(traj_dir.iterdir()) if (d / "manifest.json").is_file())
         s = next(iter(iter_samples(shard_set)))
         image = torch.from_numpy(np.array(s["input.png"])).permute(2, 0, 1)[None]
