@@ -111,7 +111,7 @@ def main(argv=None) -> int:
     t_data = time.perf_counter() - t_start
 
     preds: dict[str, torch.Tensor] = {}
-    copy = prepare_images(inputs, teacher.latent_resolution, teacher.background)  # [B, 3, 32, 32]
+    copy = prepare_images(inputs, teacher.layout.resolution, teacher.background)  # [B, 3, 32, 32]
     preds["copy-input"] = copy[:, None].expand(-1, v, -1, -1, -1)
     preds["train-mean"] = mean_img[None].expand(b, -1, -1, -1, -1)
     mirror = preds["train-mean"].clone()
@@ -141,7 +141,7 @@ def main(argv=None) -> int:
                     mo = teacher.model_output(noise, t_first, cond, emb, a.guidance)
                     abar = ddim.alpha_bar(teacher.scheduler, ddim.as_timesteps(t_first, cond.batch_size))
                     x0 = ddim.to_x0(mo, noise, abar, teacher.prediction_type)[:, :v]
-                    dec = teacher.decode_latents(x0.flatten(0, 1)).reshape(x0.shape)
+                    dec = teacher.decode_latents(x0.flatten(0, 1)).unflatten(0, x0.shape[:2])
                     x0_readout = dec if x0_readout is None else torch.cat([x0_readout, dec])
             samples.append(torch.cat(outs))
         t_samples = time.perf_counter() - t0

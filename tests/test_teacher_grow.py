@@ -61,3 +61,24 @@ def test_build_teacher_from_a_grown_folder(tmp_path):
                              init_from=str(tmp_path / "small"))
     with pytest.raises(Exception):
         build_teacher(bad)
+
+
+def test_image_concatenation_grows_function_preserving_and_then_matters():
+    t = small_teacher()
+    grown = grow_unet(t.unet, concat_image=True)
+    assert grown.config.concat_image and grown.config.attention_resolutions == t.unet.config.attention_resolutions
+    stem = grown.input_blocks[0][0].weight
+    assert stem.shape[1] == 2 * t.unet.config.in_channels and torch.count_nonzero(stem[:, 3:]) == 0
+    with torch.no_grad():
+        assert torch.equal(run(t.unet, t), run(grown, t))
+        stem[:, 3:].normal_(0, 0.1)  # once the image channels are trained, every view sees the input image
+        g = torch.Generator().manual_seed(3)
+        x = torch.randn(10, 3, 32, 32, generator=g)
+        kw = dict(context=torch.zeros(10, 2, 32), camera=t.cameras().embedding.repeat(2, 1), num_frames=5,
+                  ip=torch.zeros(10, 64, 64))
+        img = torch.rand(2, 3, 32, 32, generator=g)
+        a = grown(x, torch.full((10,), 500.0), ip_img=img, **kw)
+        b = grown(x, torch.full((10,), 500.0), ip_img=img.flip(-1), **kw)
+    assert (a - b)[[0, 1, 2, 3, 5, 6, 7, 8]].abs().amax(dim=(1, 2, 3)).min() > 1e-3  # each generated view
+    with pytest.raises(ValueError, match="cannot remove the image concatenation"):
+        grow_unet(grown, concat_image=False)

@@ -298,3 +298,35 @@ def test_ip_branch_is_a_separate_weighted_softmax():
     q = attn.to_q(x)
     expected = sdpa_heads(q, attn.to_k(text), attn.to_v(text), 2) + 0.5 * sdpa_heads(q, attn.to_k_ip(ip), attn.to_v_ip(ip), 2)
     assert torch.allclose(out, attn.to_out(expected), atol=1e-6)
+
+
+# ------------------------------------------------------------------------ position encoding (tiny_s2d)
+
+
+def test_position_encoding_breaks_permutation_equivariance_only_when_on():
+    """Without it, joint attention cannot tell positions apart (a spatial permutation applied to all
+    views commutes with the transformer); with it, it can. The state dict is the same either way."""
+    from dd3g_core.teacher.attention import SpatialTransformer3D, position_encoding_2d
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2 * 3, 32, 4, 4, generator=g)  # 2 objects x 3 views
+    ctx = torch.randn(6, 2, 16, generator=g)
+    perm = torch.randperm(16, generator=g)
+
+    def permuted(t):
+        return t.flatten(2)[:, :, perm].reshape(t.shape)
+
+    outs = {}
+    for pe in (False, True):
+        torch.manual_seed(1)
+        st = SpatialTransformer3D(32, 2, 16, 16, groups=8, position_encoding=pe).eval()
+        with torch.no_grad():
+            outs[pe] = (permuted(st(x, ctx, 3)), st(permuted(x), ctx, 3))
+        keys = list(st.state_dict())
+    assert torch.allclose(*outs[False], atol=1e-5)
+    assert not torch.allclose(*outs[True], atol=1e-3)
+    assert keys == list(SpatialTransformer3D(32, 2, 16, 16, groups=8).state_dict())
+    enc = position_encoding_2d(4, 4, 32)
+    assert enc.shape == (16, 32) and torch.unique(enc, dim=0).shape[0] == 16
+    assert not MultiViewUNetConfig.preset("imagedream").position_encoding
+    assert MultiViewUNetConfig.preset("tiny_s2d").position_encoding

@@ -8,10 +8,12 @@ bullet), runs on CPU, and picks flash / memory-efficient kernels in fp16/bf16 on
 
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["sdpa_heads", "CrossAttention", "FeedForward", "BasicTransformerBlock3D", "SpatialTransformer3D"]
+__all__ = ["position_encoding_2d", "sdpa_heads", "CrossAttention", "FeedForward", "BasicTransformerBlock3D",
+           "SpatialTransformer3D"]
 
 
 def sdpa_heads(
@@ -134,15 +136,40 @@ class BasicTransformerBlock3D(nn.Module):
         return self.ff(self.norm3(x)) + x
 
 
+def position_encoding_2d(
+    h: int, w: int, dim: int, device: torch.device | None = None, dtype: torch.dtype | None = None,
+) -> Tensor:  # [h*w, dim]
+    """Fixed 2D sin-cos encoding of (row, column): ``dim / 4`` frequencies ``10000^(-i / (dim / 4))``
+    each for sin/cos of the row and of the column (MAE / DiT style). No parameters."""
+    if dim % 4:
+        raise ValueError(f"position encoding needs a width divisible by 4, got {dim}")
+    q = dim // 4
+    omega = 1.0 / 10000 ** (torch.arange(q, device=device, dtype=torch.float32) / q)  # [q]
+    rows = torch.arange(h, device=device, dtype=torch.float32)[:, None, None] * omega  # [h, 1, q]
+    cols = torch.arange(w, device=device, dtype=torch.float32)[None, :, None] * omega  # [1, w, q]
+    enc = torch.cat([rows.sin().expand(h, w, q), rows.cos().expand(h, w, q),
+                     cols.sin().expand(h, w, q), cols.cos().expand(h, w, q)], dim=-1)  # [h, w, dim]
+    return enc.reshape(h * w, dim).to(dtype or torch.float32)
+
+
 class SpatialTransformer3D(nn.Module):
-    """GroupNorm (eps 1e-6) -> Linear ``proj_in`` -> transformer blocks -> Linear ``proj_out`` + residual (§2.4)."""
+    """GroupNorm (eps 1e-6) -> Linear ``proj_in`` -> transformer blocks -> Linear ``proj_out`` + residual (§2.4).
+
+    ``position_encoding`` (not in ImageDream; off in its preset) adds ``position_encoding_2d`` to the
+    tokens after ``proj_in``, the same grid in every view. ImageDream's attention has no position
+    signal, so "the token at my position in the image view" can only be found by content; a small
+    model trained briefly from scratch does not learn that (the tiny teacher's seen view stayed a
+    blur, docs/teacher.md). Parameter-free: the state dict is unchanged.
+    """
 
     def __init__(
         self, channels: int, heads: int, dim_head: int, context_dim: int, depth: int = 1,
         ip_dim: int = 0, ip_weight: float = 1.0, groups: int = 32, dropout: float = 0.0,
+        position_encoding: bool = False,
     ):
         super().__init__()
         inner = heads * dim_head
+        self.position_encoding = bool(position_encoding)
         self.norm = nn.GroupNorm(groups, channels, eps=1e-6)
         self.proj_in = nn.Linear(channels, inner)
         self.transformer_blocks = nn.ModuleList(
@@ -160,6 +187,8 @@ class SpatialTransformer3D(nn.Module):
         n, c, h, w = x.shape
         y = self.norm(x).reshape(n, c, h * w).transpose(1, 2)  # [N, H*W, C]
         y = self.proj_in(y)
+        if self.position_encoding:
+            y = y + position_encoding_2d(h, w, y.shape[-1], y.device, y.dtype)
         for block in self.transformer_blocks:
             y = block(y, context, num_frames)
         y = self.proj_out(y).transpose(1, 2).reshape(n, c, h, w)

@@ -50,6 +50,13 @@ class MultiViewUNetConfig:
     resampler_ff_mult: int = 4
     norm_num_groups: int = 32  # GroupNorm groups in ResBlocks / transformers / output head
     dropout: float = 0.0
+    # not in ImageDream: a fixed 2D sin-cos position encoding on every transformer's tokens
+    # (attention.position_encoding_2d; parameter-free). The tiny_s2d teacher uses it.
+    position_encoding: bool = False
+    # not in ImageDream: the clean input-image latent (``ip_img``) is also concatenated to the
+    # channels of every view (Zero123-style), so the stem conv takes 2 x in_channels. Zeros when
+    # ``ip_img`` is None (the unconditional branch). The tiny teacher uses it (docs/teacher.md).
+    concat_image: bool = False
 
     def __post_init__(self) -> None:
         # JSON gives lists; keep tuples so the config is hashable and compares equal.
@@ -100,6 +107,9 @@ class MultiViewUNetConfig:
         d = dataclasses.asdict(self)
         d["attention_resolutions"] = list(self.attention_resolutions)
         d["channel_mult"] = list(self.channel_mult)
+        for key in _OPTIONAL_EXTENSIONS:  # written only when on: older configs (and their hashes) stay as they were
+            if not d[key]:
+                del d[key]
         return d
 
     @classmethod
@@ -134,6 +144,9 @@ class MultiViewUNetConfig:
         return dataclasses.replace(self, **changes)
 
 
+# tiny-world extensions that ImageDream does not have; omitted from to_dict() while off
+_OPTIONAL_EXTENSIONS = ("position_encoding", "concat_image")
+
 PRESETS: dict[str, MultiViewUNetConfig] = {
     # The real ImageDream (ipmv) U-Net: unet/config.json plus the constructor defaults.
     "imagedream": MultiViewUNetConfig(),
@@ -160,5 +173,31 @@ PRESETS: dict[str, MultiViewUNetConfig] = {
         resampler_dim_head=32,
         resampler_ff_mult=2,
         norm_num_groups=8,
+    ),
+    # The tiny teacher on 2x2 space-to-depth pixels (TinyTeacher latent_patch=2: 12 x 16x16, a
+    # permutation of the 32x32 RGB pixels). Joint cross-view attention at every level (16, 8, 4),
+    # so the input view reaches the others at full image detail (the "tiny" preset mixes views only
+    # at 8x8/4x4 pixels, which left the seen view a blur: docs/teacher.md "Diagnosis"). ~7.6 M
+    # parameters, ~1.7 s per training step of 16 objects on 2 cores.
+    "tiny_s2d": MultiViewUNetConfig(
+        image_size=16,
+        in_channels=12,
+        out_channels=12,
+        model_channels=64,
+        attention_resolutions=(1, 2, 4),
+        num_res_blocks=2,
+        channel_mult=(1, 1, 2),
+        num_head_channels=32,
+        transformer_depth=1,
+        context_dim=64,
+        camera_dim=16,
+        ip_dim=8,
+        ip_embed_dim=64,
+        resampler_depth=2,
+        resampler_heads=2,
+        resampler_dim_head=32,
+        resampler_ff_mult=2,
+        norm_num_groups=16,
+        position_encoding=True,
     ),
 }

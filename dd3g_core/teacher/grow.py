@@ -1,4 +1,5 @@
-"""Grow a trained MultiViewUNet into a config with more attention levels, function-preserving.
+"""Grow a trained MultiViewUNet into a config with more attention levels (and/or the input image
+concatenated to every view), function-preserving.
 
 The tiny teacher's joint attention sits at 8x8 and 4x4 only, which limits how well it copies the
 input view (docs/teacher.md, "Diagnosis"). ``grow_unet`` builds a U-Net with extra
@@ -46,20 +47,36 @@ def _copy_sequential(old: nn.Sequential, new: nn.Sequential, where: str) -> int:
     return added
 
 
-def grow_unet(old: MultiViewUNet, attention_resolutions: tuple[int, ...]) -> MultiViewUNet:
-    """A copy of ``old`` with joint attention at (at least) ``attention_resolutions``."""
+def grow_unet(old: MultiViewUNet, attention_resolutions: tuple[int, ...] | None = None,
+              concat_image: bool | None = None) -> MultiViewUNet:
+    """A copy of ``old`` with joint attention at (at least) ``attention_resolutions`` and, with
+    ``concat_image=True``, the input image concatenated to every view: the stem conv gets zero
+    weights for the new channels, so the function is unchanged there too."""
     oc: MultiViewUNetConfig = old.config
+    attention_resolutions = oc.attention_resolutions if attention_resolutions is None else attention_resolutions
+    concat_image = oc.concat_image if concat_image is None else bool(concat_image)
     extra = set(attention_resolutions) - set(oc.attention_resolutions)
     if set(oc.attention_resolutions) - set(attention_resolutions):
         raise ValueError(f"growing cannot remove attention levels {sorted(set(oc.attention_resolutions) - set(attention_resolutions))}")
-    new_cfg = dataclasses.replace(oc, attention_resolutions=tuple(sorted(set(attention_resolutions))))
+    if oc.concat_image and not concat_image:
+        raise ValueError("growing cannot remove the image concatenation")
+    new_cfg = dataclasses.replace(oc, attention_resolutions=tuple(sorted(set(attention_resolutions))),
+                                  concat_image=concat_image)
     new = MultiViewUNet(new_cfg).to(next(old.parameters()).dtype)
+    if concat_image and not oc.concat_image:  # widen the stem: old weights for x, zeros for the image
+        old_stem, new_stem = old.input_blocks[0][0], new.input_blocks[0][0]
+        with torch.no_grad():
+            new_stem.weight.zero_()
+            new_stem.weight[:, : oc.in_channels].copy_(old_stem.weight)
+            new_stem.bias.copy_(old_stem.bias)
     for name in ("time_embed", "camera_embed", "image_embed", "out"):
         if hasattr(old, name) and getattr(old, name) is not None:
             getattr(new, name).load_state_dict(getattr(old, name).state_dict(), strict=True)
     added = 0
     for group in ("input_blocks", "output_blocks"):
         for i, (a, b) in enumerate(zip(getattr(old, group), getattr(new, group))):
+            if group == "input_blocks" and i == 0 and concat_image and not oc.concat_image:
+                continue  # the widened stem, copied above
             added += _copy_sequential(a, b, f"{group}.{i}")
     added += _copy_sequential(old.middle_block, new.middle_block, "middle_block")
     expected = sum(1 for m in new.modules() if isinstance(m, SpatialTransformer3D)) - \

@@ -1,7 +1,11 @@
 """``TinyTeacher``: the CPU world's teacher — the same MultiViewUNet in pixel space (DESIGN §2).
 
 * Diffusion space = pixels: ``latent = 2 * image - 1``, 3 channels, the ``"tiny"`` ViewLayout's
-  32x32 resolution, F = 4 views + 1 image view.
+  32x32 resolution, F = 4 views + 1 image view. With ``latent_patch`` p > 1 the same pixels are
+  regrouped space-to-depth (``pixel_unshuffle``): 3p² channels at 32/p. That is a permutation of
+  the pixels, so the diffusion process (and every sample's distribution) is unchanged; only the
+  U-Net sees p x p pixel blocks as one position, which lets joint attention run at full image
+  detail at a quarter of the tokens (preset ``tiny_s2d``, docs/teacher.md).
 * U-Net: ``MultiViewUNetConfig.preset("tiny")``. Image tokens: ``TinyImageEncoder`` (patch
   tokens [B, 64, 64], ``image_encoder.py``). Image view ``ip_img``: the input itself, 2x - 1.
 * Text: there is no prompt. The context is ``null_context``, ``null_context_tokens`` (2) learned
@@ -26,6 +30,7 @@ from typing import Any, Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
+from torch.nn import functional as F
 
 from ..cameras import ViewLayout, get_layout
 from ..io import atomic_directory, atomic_write_json
@@ -91,6 +96,7 @@ class TinyTeacher(MultiViewTeacher):
         null_context_tokens: int = 2,
         default_steps: int = 25,
         default_guidance: float = 1.0,
+        latent_patch: int = 1,  # space-to-depth factor p: latents [3p², R/p, R/p] (1 = plain pixels)
         seed: int = 0,  # initialisation seed (own generator state; the global RNG is left alone)
         *,
         _meta: bool = False,  # build on the meta device (from_pretrained fills it)
@@ -104,9 +110,14 @@ class TinyTeacher(MultiViewTeacher):
             encoder_config = TinyImageEncoderConfig(resolution=self.layout.resolution, embed_dim=ucfg.ip_embed_dim)
         ecfg = (encoder_config if isinstance(encoder_config, TinyImageEncoderConfig)
                 else TinyImageEncoderConfig.from_dict(encoder_config))
-        if ucfg.in_channels != 3 or ucfg.out_channels != 3:
-            raise ValueError(f"the tiny teacher is pixel space: U-Net in/out channels must be 3, "
-                             f"got {ucfg.in_channels}/{ucfg.out_channels}")
+        self.latent_patch = int(latent_patch)
+        if self.latent_patch < 1 or self.layout.resolution % self.latent_patch:
+            raise ValueError(f"latent_patch {latent_patch} must be >= 1 and divide the layout resolution "
+                             f"{self.layout.resolution}")
+        lat_c = 3 * self.latent_patch ** 2
+        if ucfg.in_channels != lat_c or ucfg.out_channels != lat_c:
+            raise ValueError(f"the tiny teacher is pixel space (latent_patch {self.latent_patch}): U-Net in/out "
+                             f"channels must be {lat_c}, got {ucfg.in_channels}/{ucfg.out_channels}")
         if ucfg.ip_dim <= 0 or ecfg.embed_dim != ucfg.ip_embed_dim:
             raise ValueError(f"image encoder width {ecfg.embed_dim} must equal the U-Net's ip_embed_dim "
                              f"{ucfg.ip_embed_dim} (and ip_dim must be > 0)")
@@ -133,11 +144,11 @@ class TinyTeacher(MultiViewTeacher):
     # ------------------------------------------------------------------ sizes / encoders
     @property
     def latent_channels(self) -> int:
-        return 3
+        return 3 * self.latent_patch ** 2
 
     @property
     def latent_resolution(self) -> int:
-        return self.layout.resolution
+        return self.layout.resolution // self.latent_patch
 
     @property
     def encoder_config(self) -> TinyImageEncoderConfig:
@@ -146,7 +157,7 @@ class TinyTeacher(MultiViewTeacher):
     def encode_condition(
         self,
         images: Tensor,  # [B, 4|3|2|1, H, W] square, float [0, 1] or uint8 (any size: resized)
-    ) -> Condition:  # context [B, 2, 64], ip [B, 64, 64], ip_img [B, 3, 32, 32]
+    ) -> Condition:  # context [B, 2, 64], ip [B, 64, 64], ip_img [B, 3p², 32/p, 32/p]
         """Tokens from ``image_encoder``; ``ip_img`` = the composited image in pixel space.
         Differentiable w.r.t. the encoder and ``null_context`` (teacher training)."""
         rgb = prepare_images(images, self.encoder_config.resolution, self.background).to(self.device, self.dtype)
@@ -157,14 +168,17 @@ class TinyTeacher(MultiViewTeacher):
             ip_img=self.encode_latents(rgb),
         )
 
-    def encode_latents(self, images: Tensor) -> Tensor:  # [N, 3, H, W] in [0, 1] -> [N, 3, R, R] in [-1, 1]
-        """``2 x - 1`` after an antialiased resize to the layout resolution (differentiable)."""
+    def encode_latents(self, images: Tensor) -> Tensor:  # [N, 3, H, W] in [0, 1] -> [N, 3p², R/p, R/p] in [-1, 1]
+        """``2 x - 1`` after an antialiased resize to the layout resolution R, then space-to-depth
+        by ``latent_patch`` (differentiable)."""
         if images.ndim != 4 or images.shape[1] != 3:
             raise ValueError(f"encode_latents expects RGB [N, 3, H, W] in [0, 1], got {list(images.shape)}")
-        x = resize_square(images.to(self.device, self.dtype), self.latent_resolution)
-        return x * 2.0 - 1.0
+        x = resize_square(images.to(self.device, self.dtype), self.layout.resolution) * 2.0 - 1.0
+        return F.pixel_unshuffle(x, self.latent_patch) if self.latent_patch > 1 else x
 
-    def decode_latents(self, latents: Tensor) -> Tensor:  # [N, 3, R, R] -> [N, 3, R, R] in [0, 1]
+    def decode_latents(self, latents: Tensor) -> Tensor:  # [N, 3p², R/p, R/p] -> [N, 3, R, R] in [0, 1]
+        if self.latent_patch > 1:
+            latents = F.pixel_shuffle(latents, self.latent_patch)
         return ((latents + 1.0) / 2.0).clamp(0.0, 1.0)
 
     # ------------------------------------------------------------------ (de)serialisation
@@ -179,6 +193,8 @@ class TinyTeacher(MultiViewTeacher):
             "scheduler": sched, "layout": layout, "background": list(self.background),
             "null_context_tokens": self.null_context_tokens,
             "default_steps": self.default_steps, "default_guidance": self.default_guidance,
+            # written only when used, so plain-pixel configs (and their config hashes) stay as they were
+            **({"latent_patch": self.latent_patch} if self.latent_patch != 1 else {}),
         }
 
     def config_dict(self) -> dict[str, Any]:
@@ -195,7 +211,8 @@ class TinyTeacher(MultiViewTeacher):
             unet_config=config["unet"], encoder_config=config["image_encoder"], scheduler_config=config["scheduler"],
             layout=ViewLayout(**lay), background=config["background"],
             null_context_tokens=config["null_context_tokens"], default_steps=config["default_steps"],
-            default_guidance=config["default_guidance"], seed=seed, _meta=_meta,
+            default_guidance=config["default_guidance"], latent_patch=int(config.get("latent_patch", 1)),
+            seed=seed, _meta=_meta,
         )
 
     def save_pretrained(self, path: str | Path, state_dict: Mapping[str, Tensor] | None = None) -> Path:

@@ -68,6 +68,7 @@ LOG_NAME = "log.jsonl"
 @dataclass(frozen=True)
 class TeacherTrainConfig:
     unet_preset: str = "tiny"
+    latent_patch: int = 1  # TinyTeacher space-to-depth factor (the U-Net's in/out channels must be 3p²)
     unet_overrides: Mapping[str, Any] = field(default_factory=dict)  # replace() on the preset (smoke: smaller)
     data_dir: str | None = None  # None: <out_dir>/data
     num_objects: int = 16000  # train-split seeds in the cache (~23 ms each to render on one core)
@@ -129,6 +130,12 @@ TRAIN_PRESETS: dict[str, TeacherTrainConfig] = {
     # trained on: batch 16 keeps a step near the tiny preset's cost.
     "tiny16": TeacherTrainConfig(unet_overrides={"attention_resolutions": (2, 4, 8)}, init_from="shipped",
                                  batch_size=16, warmup_steps=100),
+    # The space-to-depth teacher (U-Net preset tiny_s2d, latents 12 x 16x16): joint attention at
+    # full image detail; trained from scratch.
+    "tiny_s2d": TeacherTrainConfig(unet_preset="tiny_s2d", latent_patch=2, batch_size=16, warmup_steps=200),
+    # The pixel teacher with the input image concatenated to every view, grown from a trained
+    # pixel teacher (new stem channels zero: the start computes the old function).
+    "tiny_concat": TeacherTrainConfig(unet_overrides={"concat_image": True}, init_from="shipped", warmup_steps=100),
     # Seconds, for tests: a small U-Net, 8 objects, checkpoints every 2 steps.
     "smoke": TeacherTrainConfig(
         unet_overrides={"model_channels": 16, "channel_mult": (1, 2), "attention_resolutions": (2,),
@@ -153,7 +160,7 @@ class TrainResult:
 
 
 def build_teacher(config: TeacherTrainConfig) -> TinyTeacher:
-    teacher = TinyTeacher(unet_config=config.unet_config(), seed=config.seed)
+    teacher = TinyTeacher(unet_config=config.unet_config(), latent_patch=config.latent_patch, seed=config.seed)
     if config.zero_init:
         zero_init_residuals(teacher)
     if config.init_from:
@@ -162,7 +169,8 @@ def build_teacher(config: TeacherTrainConfig) -> TinyTeacher:
 
         src = TinyTeacher.from_pretrained(default_tiny_teacher_path() if config.init_from == "shipped"
                                           else config.init_from)
-        grown = grow_unet(src.unet, config.unet_config().attention_resolutions)
+        target = config.unet_config()
+        grown = grow_unet(src.unet, target.attention_resolutions, target.concat_image)
         if grown.config != teacher.unet.config:
             raise ValueError(f"init_from {config.init_from}: its U-Net grown ({grown.config}) differs from the "
                              f"configured one ({teacher.unet.config}) beyond attention levels")
@@ -297,14 +305,15 @@ def pretrain_tiny_teacher(
             b = cfg.batch_size
             idx = torch.randint(0, len(data), (b,), generator=gen)
             t = torch.randint(0, num_t, (b,), generator=gen)
-            noise = torch.randn((b, v_views + 1, 3, teacher.latent_resolution, teacher.latent_resolution), generator=gen)
+            noise = torch.randn((b, *teacher.latent_shape()), generator=gen)
             drop = torch.rand((b,), generator=gen) < cfg.cond_drop
             inputs, views = data.batch(idx)
 
             cond = teacher.encode_condition(inputs)
             if cfg.cond_drop > 0:
                 cond = cond.drop(drop)
-            x0 = views.float().div(255.0).mul(2.0).sub(1.0)  # [B, V, 3, R, R] pixel latents
+            rgb = views.float().div(255.0)  # [B, V, 3, R, R]
+            x0 = teacher.encode_latents(rgb.flatten(0, 1)).unflatten(0, (b, v_views))  # [B, V, C, h, w]
             x0 = torch.cat([x0, torch.zeros_like(x0[:, :1])], dim=1)  # image slot (replaced by ip_img)
             abar = ddim.alpha_bar(sched, t)
             x_t = ddim.add_noise(x0, noise, abar)

@@ -75,7 +75,7 @@ class MultiViewUNet(nn.Module):
         def transformer(ch: int) -> SpatialTransformer3D:
             heads = ch // cfg.num_head_channels
             return SpatialTransformer3D(ch, heads, cfg.num_head_channels, cfg.context_dim, cfg.transformer_depth,
-                                        cfg.ip_dim, cfg.ip_weight, groups, drop)
+                                        cfg.ip_dim, cfg.ip_weight, groups, drop, cfg.position_encoding)
 
         def res(ch_in: int, ch_out: int) -> ResBlock:
             return ResBlock(ch_in, ch_out, emb_dim, groups, drop)
@@ -91,7 +91,8 @@ class MultiViewUNet(nn.Module):
         if cfg.camera_dim > 0:
             self.camera_embed = _embed_mlp(cfg.camera_dim, emb_dim)
 
-        self.input_blocks = nn.ModuleList([TimestepEmbedSequential(nn.Conv2d(cfg.in_channels, mc, 3, padding=1))])
+        stem_in = cfg.in_channels * (2 if cfg.concat_image else 1)
+        self.input_blocks = nn.ModuleList([TimestepEmbedSequential(nn.Conv2d(stem_in, mc, 3, padding=1))])
         skip_channels = [mc]
         ch, ds = mc, 1
         for level, mult in enumerate(cfg.channel_mult):
@@ -224,6 +225,10 @@ class MultiViewUNet(nn.Module):
                                  f"got {list(ip_img.shape)}")
             views = x.reshape(b, num_frames, cfg.in_channels, h, w)
             x = torch.cat([views[:, :-1], ip_img.to(x.dtype)[:, None]], dim=1).reshape(n, cfg.in_channels, h, w)
+        if cfg.concat_image:  # every view also sees the clean input image (zeros: no condition)
+            img = (ip_img.to(x.dtype).repeat_interleave(num_frames, dim=0) if ip_img is not None
+                   else torch.zeros_like(x))
+            x = torch.cat([x, img], dim=1)
 
         if cfg.ip_dim > 0:
             if ip is None:
