@@ -163,3 +163,32 @@ def test_unet_forward_features_match_forward(teacher):
         assert u.forward_features(x, t, num_output_blocks=3, **kw).shape == (5, 64, 8, 8)
     with pytest.raises(ValueError, match="num_output_blocks"):
         u.forward_features(x, t, num_output_blocks=13, **kw)
+
+
+def test_phase1_follows_the_teacher_options_s2d_latents_and_image_concat():
+    """A teacher on space-to-depth latents with the image concatenated to every view: the student
+    takes its U-Net config, N of its latent shape, and still emits one Gaussian per 32 px pixel."""
+    from dd3g_core.teacher import MultiViewUNetConfig
+
+    ucfg = MultiViewUNetConfig.preset("tiny_s2d").replace(
+        model_channels=16, channel_mult=(1, 2), num_res_blocks=1, num_head_channels=16, concat_image=True,
+        norm_num_groups=8)
+    t = TinyTeacher(unet_config=ucfg, latent_patch=2, seed=0).eval()
+    cfg = PEPDConfig(unet=ucfg, latent_resolution=16, phase1_output_blocks=1, gaussian_grid=4)
+    assert cfg.feature_resolution == 8  # 8x8 tokens per view x 4x4 Gaussians = 32x32
+    torch.manual_seed(0)
+    m = PEPD(cfg)
+    m.init_from_teacher(t.unet)
+    assert torch.equal(m.phase1.input_blocks[0][0].weight, t.unet.input_blocks[0][0].weight)
+    assert m.phase1.input_blocks[0][0].weight.shape[1] == 24  # 12 latent + 12 image channels
+    x = inputs(t)
+    assert x["noise"].shape == (2, 5, 12, 16, 16)
+    feats = []
+    hook = m.feature_proj.register_forward_pre_hook(lambda mod, args: feats.append(args[0]))
+    with torch.no_grad():
+        out = m(**x)
+        m(**{**x, "condition": t.encode_condition(torch.zeros(2, 4, 64, 64))})
+    hook.remove()
+    assert out.gaussians.means.shape == (2, cfg.num_gaussians, 3) and cfg.num_gaussians == 4 * 32 * 32
+    assert torch.isfinite(out.gaussians.means).all()
+    assert feats[0].shape[2] == 8 * 8 and not torch.allclose(feats[0], feats[1])  # the image reaches phase 1
