@@ -189,6 +189,8 @@ def _run_teacher_pretrain(args) -> int:
         changes["data_dir"] = args.data_dir
     if args.threads is not None:
         changes["threads"] = args.threads
+    if args.init_from is not None:
+        changes["init_from"] = args.init_from
     cfg = TeacherTrainConfig.preset(args.preset, **changes)
     res = pretrain_tiny_teacher(cfg, args.out, resume=args.resume, export_to=args.export, max_steps=args.max_steps)
     print(json.dumps({"out": str(res.out_dir), "step": res.step, "checkpoint": str(res.checkpoint),
@@ -208,7 +210,11 @@ def _add_teacher(sub) -> None:
     p = sub.add_parser("teacher", help="the tiny multi-view teacher (see docs/teacher.md)")
     teacher = p.add_subparsers(dest="teacher_command", metavar="{pretrain,export}", required=True)
     t = teacher.add_parser("pretrain", help="train (or resume training) the tiny teacher on the procedural world")
-    t.add_argument("--preset", choices=["tiny", "tiny16", "smoke"], default="tiny")
+    t.add_argument("--preset", choices=["tiny", "tiny16", "tiny_s2d", "tiny_concat", "smoke"], default="tiny",
+                   help="training preset (docs/teacher.md); tiny16/tiny_concat grow a trained teacher")
+    t.add_argument("--init-from", default=None,
+                   help="teacher folder to grow from when there is no checkpoint yet (tiny16/tiny_concat; "
+                        "default: the shipped assets/models/tiny-teacher)")
     t.add_argument("--out", default="teacher_run", help="run directory (checkpoints, log.jsonl, data cache)")
     t.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
                    help="continue from the newest checkpoint in --out (default) or start over")

@@ -175,3 +175,16 @@ def test_dagster_asset_smoke_trains_and_tiny_uses_shipped(tmp_path):
         res = dg.materialize([tiny_teacher], resources={"settings": tiny})
         meta = res.asset_materializations_for_node("tiny_teacher")[0].metadata
         assert meta["source"].value == "shipped" and len(meta["weights_sha256"].value) == 64
+
+
+def test_cli_offers_every_training_preset_and_init_from():
+    from dd3g_core.cli import build_parser
+    from dd3g_core.teacher.train import TRAIN_PRESETS
+
+    parser = build_parser()
+    teacher = next(a for a in parser._actions if a.dest == "command").choices["teacher"]
+    pretrain = next(a for a in teacher._actions if a.dest == "teacher_command").choices["pretrain"]
+    preset = next(a for a in pretrain._actions if a.dest == "preset")
+    assert sorted(preset.choices) == sorted(TRAIN_PRESETS)
+    args = parser.parse_args(["teacher", "pretrain", "--preset", "tiny_concat", "--init-from", "/runs/t"])
+    assert (args.preset, args.init_from) == ("tiny_concat", "/runs/t")
