@@ -63,7 +63,8 @@ def grow_unet(old: MultiViewUNet, attention_resolutions: tuple[int, ...] | None 
     new_cfg = dataclasses.replace(oc, attention_resolutions=tuple(sorted(set(attention_resolutions))),
                                   concat_image=concat_image)
     new = MultiViewUNet(new_cfg).to(next(old.parameters()).dtype)
-    if concat_image and not oc.concat_image:  # widen the stem: old weights for x, zeros for the image
+    widen_stem = concat_image and not oc.concat_image
+    if widen_stem:  # widen the stem: old weights for x, zeros for the image
         old_stem, new_stem = old.input_blocks[0][0], new.input_blocks[0][0]
         with torch.no_grad():
             new_stem.weight.zero_()
@@ -75,7 +76,7 @@ def grow_unet(old: MultiViewUNet, attention_resolutions: tuple[int, ...] | None 
     added = 0
     for group in ("input_blocks", "output_blocks"):
         for i, (a, b) in enumerate(zip(getattr(old, group), getattr(new, group))):
-            if group == "input_blocks" and i == 0 and concat_image and not oc.concat_image:
+            if group == "input_blocks" and i == 0 and widen_stem:
                 continue  # the widened stem, copied above
             added += _copy_sequential(a, b, f"{group}.{i}")
     added += _copy_sequential(old.middle_block, new.middle_block, "middle_block")

@@ -173,7 +173,7 @@ def build_teacher(config: TeacherTrainConfig) -> TinyTeacher:
         grown = grow_unet(src.unet, target.attention_resolutions, target.concat_image)
         if grown.config != teacher.unet.config:
             raise ValueError(f"init_from {config.init_from}: its U-Net grown ({grown.config}) differs from the "
-                             f"configured one ({teacher.unet.config}) beyond attention levels")
+                             f"configured one ({teacher.unet.config}) beyond attention levels and image concatenation")
         teacher.unet.load_state_dict(grown.state_dict(), strict=True)
         teacher.image_encoder.load_state_dict(src.image_encoder.state_dict(), strict=True)
         with torch.no_grad():
