@@ -191,6 +191,8 @@ def _run_teacher_pretrain(args) -> int:
         changes["threads"] = args.threads
     if args.init_from is not None:
         changes["init_from"] = args.init_from
+    if args.cooldown is not None:
+        changes["cooldown_start"], changes["cooldown_steps"] = args.cooldown
     cfg = TeacherTrainConfig.preset(args.preset, **changes)
     res = pretrain_tiny_teacher(cfg, args.out, resume=args.resume, export_to=args.export, max_steps=args.max_steps)
     print(json.dumps({"out": str(res.out_dir), "step": res.step, "checkpoint": str(res.checkpoint),
@@ -222,6 +224,9 @@ def _add_teacher(sub) -> None:
     t.add_argument("--max-steps", type=_positive_int, default=None, help="stop at this total step count")
     t.add_argument("--data-dir", default=None, help="multi-view cache directory (default: OUT/data)")
     t.add_argument("--threads", type=_positive_int, default=None, help="torch threads (preset default)")
+    t.add_argument("--cooldown", type=_positive_int, nargs=2, metavar=("START", "STEPS"), default=None,
+                   help="decay the LR linearly to 0.1x over STEPS steps from step START (set when resuming "
+                        "a background run whose end is now chosen; pair with --max-steps START+STEPS)")
     t.set_defaults(func=_run_teacher_pretrain)
     e = teacher.add_parser("export", help="write a training checkpoint's EMA weights as a TinyTeacher folder")
     e.add_argument("--checkpoint", required=True, help="a run directory (newest checkpoint) or a step_* directory")

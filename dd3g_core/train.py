@@ -45,7 +45,16 @@ __all__ = ["main", "train", "build_student", "compute_losses"]
 
 
 def build_student(cfg: DistillConfig, teacher) -> PEPD:
-    pcfg = PEPDConfig.preset(cfg.model).replace(**dict(cfg.model_overrides))
+    """PEPD of preset ``cfg.model`` whose phase 1 is the teacher's own U-Net architecture.
+
+    The teacher's U-Net config replaces the preset's (unless ``model_overrides`` sets ``unet``), so a
+    teacher trained with an option such as ``concat_image`` gives a student with the same phase 1;
+    with ``init == "teacher"`` phase 1 then starts from the teacher's weights."""
+    overrides = dict(cfg.model_overrides)
+    teacher_unet_config = getattr(getattr(teacher, "unet", None), "config", None)
+    if "unet" not in overrides and teacher_unet_config is not None:
+        overrides["unet"] = teacher_unet_config
+    pcfg = PEPDConfig.preset(cfg.model).replace(**overrides)
     model = PEPD(pcfg)
     if cfg.init == "teacher":
         model.init_from_teacher(teacher.unet)

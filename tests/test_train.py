@@ -177,3 +177,19 @@ def test_two_gloo_processes_keep_parameters_in_sync(tmp_path, data):
     ckpt = list_checkpoints(out)[-1][1]
     assert (ckpt / "random_states_0.pkl").is_file() and (ckpt / "random_states_1.pkl").is_file()
     assert json.loads((out / "result.json").read_text())["metadata"]["world_size"] == 2
+
+
+def test_build_student_takes_phase1_from_the_teacher_unet():
+    """Phase 1 is the teacher's U-Net: a teacher trained with image concatenation (6-channel stem)
+    gives a student with the same stem, initialised from its weights; an explicit override wins."""
+    from dd3g_core.model import PEPDConfig
+    from dd3g_core.train import build_student
+
+    base = PEPDConfig.preset("tiny").unet
+    teacher = TinyTeacher(unet_config=base.replace(concat_image=True), seed=0).eval()
+    student = build_student(load_config(preset="tiny"), teacher)
+    assert student.config.unet.concat_image and student.config.unet == teacher.unet.config
+    assert torch.equal(student.phase1.input_blocks[0][0].weight, teacher.unet.input_blocks[0][0].weight)
+    assert student.phase1.input_blocks[0][0].weight.shape[1] == 6
+    plain = build_student(load_config(preset="tiny").replace(init="scratch", model_overrides={"unet": base}), teacher)
+    assert not plain.config.unet.concat_image

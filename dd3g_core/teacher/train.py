@@ -13,7 +13,8 @@ One step, batch of B objects from ``data.MultiViewDataset``:
    ``v_prediction``).
 3. loss = MSE(U-Net output, target) over the V generated views only (the image slot's output
    is meaningless), AdamW, linear warmup then constant LR (the real run has no fixed length:
-   it runs in the background until stopped, so a cosine decay has no end to aim at), gradient
+   it runs in the background until stopped, so a cosine decay has no end to aim at; once an end
+   is chosen, ``cooldown_start`` adds a linear decay, set on resume), gradient
    clipping, EMA of all weights (decay ``min(ema_decay, (1 + step) / (10 + step))``).
 
 Initialisation: the teacher's own seeded init, then (``zero_init``, LDM-style) the last conv of
@@ -78,6 +79,12 @@ class TeacherTrainConfig:
     batch_size: int = 32
     lr: float = 3e-4
     warmup_steps: int = 300
+    # optional linear cooldown (warmup-stable-decay): from ``cooldown_start`` the LR falls linearly to
+    # ``lr * cooldown_min_ratio`` over ``cooldown_steps``, then stays there. A background run has no
+    # planned end, so it is set when one is chosen (resume with it: the steps before are unchanged).
+    cooldown_start: int | None = None
+    cooldown_steps: int = 0
+    cooldown_min_ratio: float = 0.1
     weight_decay: float = 0.0
     betas: tuple[float, float] = (0.9, 0.99)
     grad_clip: float = 1.0
@@ -202,10 +209,14 @@ def zero_init_residuals(teacher: TinyTeacher) -> None:
 
 
 def lr_at(config: TeacherTrainConfig, step: int) -> float:
-    """Linear warmup over ``warmup_steps`` then constant (``step`` counts from 0)."""
+    """Linear warmup over ``warmup_steps``, constant, then the optional linear cooldown (``step`` from 0)."""
     if config.warmup_steps > 0 and step < config.warmup_steps:
         return config.lr * (step + 1) / config.warmup_steps
-    return config.lr
+    start = config.cooldown_start
+    if start is None or step < start:
+        return config.lr
+    frac = 1.0 if config.cooldown_steps <= 0 else min(1.0, (step - start + 1) / config.cooldown_steps)
+    return config.lr * (1.0 - frac * (1.0 - config.cooldown_min_ratio))
 
 
 class _Stop:
