@@ -201,6 +201,15 @@ def _run_teacher_pretrain(args) -> int:
     return 0
 
 
+def _run_teacher_recipe(args) -> int:
+    from .teacher.recipe import train_teacher_recipe
+
+    res = train_teacher_recipe(args.recipe, args.out, resume=args.resume)
+    print(json.dumps({"out": str(args.out), "step": res.step, "checkpoint": str(res.checkpoint),
+                      "exported": None if res.exported is None else str(res.exported)}))
+    return 0
+
+
 def _run_teacher_export(args) -> int:
     from .teacher.train import export_teacher
 
@@ -210,7 +219,7 @@ def _run_teacher_export(args) -> int:
 
 def _add_teacher(sub) -> None:
     p = sub.add_parser("teacher", help="the tiny multi-view teacher (see docs/teacher.md)")
-    teacher = p.add_subparsers(dest="teacher_command", metavar="{pretrain,export}", required=True)
+    teacher = p.add_subparsers(dest="teacher_command", metavar="{pretrain,recipe,export}", required=True)
     t = teacher.add_parser("pretrain", help="train (or resume training) the tiny teacher on the procedural world")
     t.add_argument("--preset", choices=["tiny", "tiny16", "tiny_s2d", "tiny_concat", "smoke"], default="tiny",
                    help="training preset (docs/teacher.md); tiny16/tiny_concat grow a trained teacher")
@@ -228,6 +237,13 @@ def _add_teacher(sub) -> None:
                    help="decay the LR linearly to 0.1x over STEPS steps from step START (set when resuming "
                         "a background run whose end is now chosen; pair with --max-steps START+STEPS)")
     t.set_defaults(func=_run_teacher_pretrain)
+    r = teacher.add_parser("recipe", help="rerun the staged recipe that made the shipped teacher (resumable)")
+    r.add_argument("--recipe", choices=["shipped", "smoke"], default="shipped",
+                   help="shipped: ~4 h on 2 cores (docs/teacher.md); smoke: seconds")
+    r.add_argument("--out", default="teacher_recipe", help="run directory (one sub-directory per stage, data/, teacher/)")
+    r.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
+                   help="continue every stage from its newest checkpoint (default) or start over")
+    r.set_defaults(func=_run_teacher_recipe)
     e = teacher.add_parser("export", help="write a training checkpoint's EMA weights as a TinyTeacher folder")
     e.add_argument("--checkpoint", required=True, help="a run directory (newest checkpoint) or a step_* directory")
     e.add_argument("--out", required=True, help="output folder, e.g. assets/models/tiny-teacher")

@@ -189,6 +189,11 @@ def test_cli_offers_every_training_preset_and_init_from():
     assert sorted(preset.choices) == sorted(TRAIN_PRESETS)
     args = parser.parse_args(["teacher", "pretrain", "--preset", "tiny_concat", "--init-from", "/runs/t"])
     assert (args.preset, args.init_from) == ("tiny_concat", "/runs/t")
+    from dd3g_core.teacher.recipe import RECIPES
+
+    recipe = next(a for a in teacher._actions if a.dest == "teacher_command").choices["recipe"]
+    assert sorted(next(a for a in recipe._actions if a.dest == "recipe").choices) == sorted(RECIPES)
+    assert parser.parse_args(["teacher", "recipe", "--recipe", "smoke", "--out", "/r"]).out == "/r"
 
 
 def test_lr_schedule_warmup_stable_then_optional_cooldown():
@@ -218,3 +223,26 @@ def test_cli_cooldown_flag_reaches_the_config(tmp_path, monkeypatch):
     monkeypatch.setattr(teacher_train, "pretrain_tiny_teacher", fake_pretrain)
     rc = cli.main(["teacher", "pretrain", "--preset", "smoke", "--out", str(tmp_path), "--cooldown", "3000", "600"])
     assert rc == 0 and (seen["cfg"].cooldown_start, seen["cfg"].cooldown_steps) == (3000, 600)
+
+
+def test_recipe_runs_its_stages_grows_the_base_and_resumes_as_a_no_op(tmp_path):
+    """The staged recipe (smoke-sized): stage 2 starts from stage 1's EMA export grown to image
+    concatenation, its LR cools down, the final export is a concat teacher, and a rerun changes nothing."""
+    from dd3g_core.teacher.recipe import RECIPES, train_teacher_recipe
+
+    res = train_teacher_recipe("smoke", tmp_path)
+    stages = RECIPES["smoke"]
+    assert res.step == stages[-1].steps and res.exported == tmp_path / "teacher"
+    base = TinyTeacher.from_pretrained(tmp_path / "base" / "teacher")
+    final = TinyTeacher.from_pretrained(res.exported)
+    assert not base.unet.config.concat_image and final.unet.config.concat_image
+    start = json.loads((tmp_path / "concat" / "log.jsonl").read_text().splitlines()[0])
+    assert start["config"]["init_from"] == str(tmp_path / "base" / "teacher")
+    lrs = [json.loads(line)["lr"] for line in (tmp_path / "concat" / "log.jsonl").read_text().splitlines()[1:]
+           if "lr" in json.loads(line)]
+    assert lrs[-1] == pytest.approx(0.1 * max(lrs))  # the cooldown reached its floor on the last step
+    weights = (res.exported / "model.safetensors").read_bytes()
+    again = train_teacher_recipe("smoke", tmp_path)
+    assert again.step == res.step and (again.exported / "model.safetensors").read_bytes() == weights
+    with pytest.raises(ValueError, match="unknown teacher recipe"):
+        train_teacher_recipe("nope", tmp_path)

@@ -3,11 +3,12 @@
 Training the tiny teacher takes hours on 2 cores, so the ``distill`` job does not retrain it by
 default: in the ``tiny`` profile the asset resolves the shipped checkpoint
 (``assets/models/tiny-teacher``, made by ``dd3g teacher pretrain``) and reports its path and
-weight hash. ``retrain: true`` in the run config trains it with
-``dd3g_core.teacher.train.pretrain_tiny_teacher`` (preset ``tiny``, resumable, under
-``<data_root>/tiny_teacher/tiny/``) and uses that export instead. The ``smoke`` profile always
-uses a seconds-long ``smoke``-preset teacher trained into ``<data_root>/tiny_teacher/smoke/``
-(a resumed finished run is a no-op), so tests never depend on the shipped weights.
+weight hash. ``retrain: true`` in the run config reruns the recipe that made it
+(``dd3g_core.teacher.recipe``, recipe ``shipped``: two stages, ~4 h on 2 cores, resumable, under
+``<data_root>/tiny_teacher/shipped/``) and uses that export instead. The ``smoke`` profile always
+runs the seconds-long ``smoke`` recipe (same two stages on a small U-Net) into
+``<data_root>/tiny_teacher/smoke/`` (a resumed finished run is a no-op), so tests never depend
+on the shipped weights.
 """
 
 import json
@@ -19,21 +20,24 @@ from dd3g_core.io import sha256_file
 
 from ..resources import DD3GSettings
 
-CODE_VERSION = "1"  # bump when the recipe or the resolution of the checkpoint changes
+CODE_VERSION = "2"  # bump when the recipe or the resolution of the checkpoint changes
 
 
 class TinyTeacherConfig(dg.Config):
-    retrain: bool = False  # train (resume) the profile's preset instead of using the shipped checkpoint
+    retrain: bool = False  # rerun (resume) the shipped checkpoint's recipe instead of using the checkpoint
     resume: bool = True  # with retrain: continue the run in the data root (False: start over)
 
 
-def _train(context: dg.AssetExecutionContext, settings: DD3GSettings, preset: str, resume: bool) -> Path:
-    from dd3g_core.teacher.train import pretrain_tiny_teacher
+def _train(context: dg.AssetExecutionContext, settings: DD3GSettings, recipe: str, resume: bool) -> Path:
+    from dd3g_core.teacher.recipe import train_teacher_recipe
 
-    run_dir = settings.root() / "tiny_teacher" / preset
-    res = pretrain_tiny_teacher(preset, run_dir, resume=resume, export_to=run_dir / "teacher")
-    context.log.info(f"trained tiny teacher preset {preset!r} to step {res.step} in {run_dir}")
-    return run_dir / "teacher"
+    run_dir = settings.root() / "tiny_teacher" / recipe
+    res = train_teacher_recipe(recipe, run_dir, resume=resume)
+    if res.exported is None:
+        raise RuntimeError(f"teacher recipe {recipe!r} stopped at step {res.step} of a stage in {run_dir}; "
+                           f"materialize again to resume it")
+    context.log.info(f"trained tiny teacher recipe {recipe!r} (last stage at step {res.step}) in {run_dir}")
+    return res.exported
 
 
 @dg.asset(
@@ -53,7 +57,7 @@ def tiny_teacher(context: dg.AssetExecutionContext, config: TinyTeacherConfig,
     if profile == "smoke":
         path, source = _train(context, settings, "smoke", config.resume), "smoke-trained"
     elif config.retrain:
-        path, source = _train(context, settings, "tiny", config.resume), "retrained"
+        path, source = _train(context, settings, "shipped", config.resume), "retrained"
     else:
         path, source = default_tiny_teacher_path(must_exist=True), "shipped"
     teacher = TinyTeacher.from_pretrained(path)  # validates config + weights
