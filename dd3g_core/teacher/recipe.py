@@ -61,7 +61,8 @@ def _stage_config(stage: RecipeStage, data_dir: Path, init_from: Path | None) ->
 
 def train_teacher_recipe(recipe: str, out_dir: str | Path, resume: bool = True) -> TrainResult:
     """Run every stage of ``RECIPES[recipe]`` under ``out_dir/<stage>/``; the last stage's EMA is
-    exported to ``out_dir/teacher`` (returned in ``TrainResult.exported``)."""
+    exported to ``out_dir/teacher`` (returned in ``TrainResult.exported``; ``None`` when a signal
+    stopped a stage before its step count: run again to resume)."""
     if recipe not in RECIPES:
         raise ValueError(f"unknown teacher recipe {recipe!r}; choose from {sorted(RECIPES)}")
     out = Path(out_dir)
@@ -74,8 +75,8 @@ def train_teacher_recipe(recipe: str, out_dir: str | Path, resume: bool = True) 
         export = out / "teacher" if last else out / stage.name / "teacher"
         cfg = _stage_config(stage, data_dir, previous if stage.grow_from_previous else None)
         result = pretrain_tiny_teacher(cfg, out / stage.name, resume=resume, export_to=export, max_steps=stage.steps)
-        if result.step < stage.steps:  # stopped by a signal: later stages must not start from a partial stage
-            return result
+        if result.step < stage.steps:  # stopped by a signal: no export of a partial stage counts as the result,
+            return dataclasses.replace(result, exported=None)  # and later stages must not start from it
         previous = export
     assert result is not None
     return result
