@@ -51,9 +51,7 @@ def build_student(cfg: DistillConfig, teacher) -> PEPD:
     teacher trained with an option such as ``concat_image`` gives a student with the same phase 1;
     with ``init == "teacher"`` phase 1 then starts from the teacher's weights."""
     overrides = dict(cfg.model_overrides)
-    teacher_unet_config = getattr(getattr(teacher, "unet", None), "config", None)
-    if "unet" not in overrides and teacher_unet_config is not None:
-        overrides["unet"] = teacher_unet_config
+    overrides.setdefault("unet", teacher.unet.config)
     pcfg = PEPDConfig.preset(cfg.model).replace(**overrides)
     model = PEPD(pcfg)
     if cfg.init == "teacher":

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-from .train import TeacherTrainConfig, TrainResult, pretrain_tiny_teacher
+from .train import TRAIN_PRESETS, TeacherTrainConfig, TrainResult, pretrain_tiny_teacher
 
 __all__ = ["RecipeStage", "RECIPES", "train_teacher_recipe"]
 
@@ -43,20 +43,17 @@ RECIPES: dict[str, tuple[RecipeStage, ...]] = {
     # seconds, for tests: the same two-stage shape on the smoke U-Net
     "smoke": (
         RecipeStage("base", "smoke", 4),
-        RecipeStage("concat", "smoke", 6, {"concat_image": True, "cooldown_start": 4, "cooldown_steps": 2},
+        RecipeStage("concat", "smoke", 6,
+                    {"unet_overrides": {**TRAIN_PRESETS["smoke"].unet_overrides, "concat_image": True},
+                     "cooldown_start": 4, "cooldown_steps": 2},
                     grow_from_previous=True),
     ),
 }
 
 
 def _stage_config(stage: RecipeStage, data_dir: Path, init_from: Path | None) -> TeacherTrainConfig:
-    base = TeacherTrainConfig.preset(stage.preset)
-    changes = dict(stage.changes)
-    if "concat_image" in changes:  # a U-Net option: goes into the preset's overrides
-        changes["unet_overrides"] = {**dict(base.unet_overrides), "concat_image": changes.pop("concat_image")}
-    changes["data_dir"] = str(data_dir)
-    changes["init_from"] = str(init_from) if init_from is not None else None
-    return dataclasses.replace(base, **changes)
+    return TeacherTrainConfig.preset(stage.preset, **stage.changes, data_dir=str(data_dir),
+                                    init_from=str(init_from) if init_from is not None else None)
 
 
 def train_teacher_recipe(recipe: str, out_dir: str | Path, resume: bool = True) -> TrainResult:

@@ -2,7 +2,7 @@
 
 Training the tiny teacher takes hours on 2 cores, so the ``distill`` job does not retrain it by
 default: in the ``tiny`` profile the asset resolves the shipped checkpoint
-(``assets/models/tiny-teacher``, made by ``dd3g teacher pretrain``) and reports its path and
+(``assets/models/tiny-teacher``, made by ``dd3g teacher recipe``) and reports its path and
 weight hash. ``retrain: true`` in the run config reruns the recipe that made it
 (``dd3g_core.teacher.recipe``, recipe ``shipped``: two stages, ~4 h on 2 cores, resumable, under
 ``<data_root>/tiny_teacher/shipped/``) and uses that export instead. The ``smoke`` profile always
