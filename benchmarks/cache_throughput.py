@@ -34,7 +34,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from dd3g_core import synthesis, trajectories  # noqa: E402
-from dd3g_core.shard_reader import make_train_loader  # noqa: E402
+from dd3g_core.profiles import get_profile  # noqa: E402
+from dd3g_core.shards.reader import make_train_loader  # noqa: E402
 from dd3g_core.teacher import TinyTeacher, default_tiny_teacher_path  # noqa: E402
 
 
@@ -83,13 +84,13 @@ def main() -> None:
         torch.set_num_threads(args.threads)
 
     teacher, source = load_teacher(args.teacher)
-    cfg = trajectories.PRESETS["tiny"]
+    cfg = get_profile("tiny").trajectories
     print(f"teacher: {source}; threads {torch.get_num_threads()}")
     print(f"cache preset 'tiny': {cfg.to_dict()}")
 
     with tempfile.TemporaryDirectory(prefix="dd3g-cache-bench-") as tmp:
         root = Path(args.data_root or tmp)
-        rcfg = dataclasses.replace(synthesis.PRESETS["tiny"], samples_per_shard=args.images, num_shards=1)
+        rcfg = dataclasses.replace(get_profile("tiny").rgba, samples_per_shard=args.images, num_shards=1)
         t0 = time.perf_counter()
         rgba, _ = synthesis.synthesize_shard(root, rcfg, 0)
         print(f"rgba shard: {rgba.num_samples} images at {rcfg.resolution} px in {time.perf_counter() - t0:.1f} s "

@@ -5,7 +5,7 @@
 What is measured: for ``count`` procedural objects of the **held-out** split (seeds never used
 by the tiny profile's training shards), :class:`ProceduralGenerator` renders the object at the
 input camera and composites it on its plain colour-key backdrop — the RGB a 2D generator
-would emit. :class:`ColorKeyMatting` (the tiny profile's settings, from ``PRESETS["tiny"]``)
+would emit. :class:`ColorKeyMatting` (the tiny profile's settings, from ``get_profile("tiny").rgba``)
 estimates the alpha from that RGB alone; the IoU of ``alpha > 0.5`` against the renderer's
 true ``alpha > 0.5`` is scored per image. Matting runs at the generator's resolution (the
 tiny profile's ``render_resolution``, 128 px), i.e. before recentring/resizing, which is where
@@ -30,7 +30,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from dd3g_core.synthesis import PRESETS, ColorKeyMatting, ProceduralGenerator, alpha_iou  # noqa: E402
+from dd3g_core.profiles import get_profile  # noqa: E402
+from dd3g_core.synthesis import ColorKeyMatting, ProceduralGenerator, alpha_iou  # noqa: E402
 
 
 def score(resolution: int, count: int, cfg, refine: bool = True) -> dict:
@@ -69,7 +70,7 @@ def main() -> None:
     ap.add_argument("--resolution", type=int, default=None, help="default: the tiny preset's render_resolution")
     ap.add_argument("--quick", action="store_true", help="40 images, for a smoke run")
     args = ap.parse_args()
-    cfg = PRESETS["tiny"]
+    cfg = get_profile("tiny").rgba
     count = 40 if args.quick else args.count
     res = args.resolution or cfg.render_resolution
     print(f"colour-key matting vs true alpha: {count} held-out procedural objects, {res} px, "

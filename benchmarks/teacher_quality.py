@@ -5,7 +5,7 @@
                                          [--extra-guidance 2.0] [--json out.json]
 
 Data: the first ``--objects`` seeds of the ``heldout`` split (never trained on), rendered exactly
-as the teacher's training data (``dd3g_core.teacher.data.render_example``): the input is the
+as the teacher's training data (``dd3g_core.teacher.training.data.render_example``): the input is the
 64 px RGBA of the layout's input camera, the ground truth the 4 layout views (azimuth
 0/90/180/270, elevation 0, 32 px) on white. View 0 is the *seen* view (same camera as the
 input), views 1-3 are *unseen*.
@@ -50,10 +50,10 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from dd3g_core.metrics import psnr, ssim  # noqa: E402
+from dd3g_core.evaluation.metrics import psnr, ssim  # noqa: E402
 from dd3g_core.teacher import sampler as ddim  # noqa: E402
-from dd3g_core.teacher.data import RenderSpec, render_example  # noqa: E402
-from dd3g_core.teacher.interface import prepare_images  # noqa: E402
+from dd3g_core.teacher.training.data import RenderSpec, render_example  # noqa: E402
+from dd3g_core.images import prepare_images  # noqa: E402
 from dd3g_core.teacher.tiny import TinyTeacher  # noqa: E402
 from dd3g_core.world import split_seeds  # noqa: E402
 
@@ -66,7 +66,7 @@ def render_set(seeds, spec: RenderSpec) -> tuple[torch.Tensor, torch.Tensor]:
 def training_mean(count: int, spec: RenderSpec, data_dir: str | None) -> tuple[torch.Tensor, str]:
     """Per-view mean [V, 3, H, W] over the first ``count`` training objects (cache if it has them)."""
     if data_dir:
-        from dd3g_core.teacher.data import MultiViewDataset
+        from dd3g_core.teacher.training.data import MultiViewDataset
 
         try:
             ds = MultiViewDataset(data_dir, max_objects=count)

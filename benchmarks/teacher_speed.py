@@ -26,7 +26,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from dd3g_core.teacher.data import RenderSpec, render_example  # noqa: E402
+from dd3g_core.teacher.training.data import RenderSpec, render_example  # noqa: E402
 from dd3g_core.teacher.tiny import TinyTeacher  # noqa: E402
 from dd3g_core.world import split_seeds  # noqa: E402
 

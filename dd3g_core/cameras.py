@@ -133,25 +133,33 @@ def camera_centers(viewmats: Tensor) -> Tensor:  # [..., C, 4, 4] -> [..., C, 3]
     return -(R.transpose(-1, -2) @ t)[..., 0]
 
 
-def plucker_rays(
-    viewmats: Tensor,  # [C, 4, 4]
-    Ks: Tensor,  # [C, 3, 3]
+def pixel_rays(
+    viewmats: Tensor,  # [..., C, 4, 4] world -> camera (OpenCV axes)
+    Ks: Tensor,  # [..., C, 3, 3] intrinsics in pixels of a width x height image
     width: int,
     height: int,
-) -> Tensor:  # [C, H, W, 6] = (o x d, d) with unit d
-    """Per-pixel Plücker coordinates of the rays through pixel centres."""
+    grid: tuple[int, int] | None = None,  # (gw, gh): rays through the cell centres of a gw x gh partition
+) -> tuple[Tensor, Tensor]:  # origins, unit directions, each [..., C, gh, gw, 3] (default gh, gw = height, width)
+    """World-space rays through pixel centres (``grid`` None) or through the centres of the cells of a
+    coarser grid over the image (row = +y image axis, as rendered images)."""
     check_resolution(width, height)
-    c2w = torch.linalg.inv(viewmats)
-    ys, xs = torch.meshgrid(
-        torch.arange(height, dtype=Ks.dtype) + 0.5, torch.arange(width, dtype=Ks.dtype) + 0.5, indexing="ij"
-    )
-    fx, fy = Ks[:, 0, 0, None, None], Ks[:, 1, 1, None, None]
-    cx, cy = Ks[:, 0, 2, None, None], Ks[:, 1, 2, None, None]
-    d_cam = torch.stack([(xs - cx) / fx, (ys - cy) / fy, torch.ones_like(xs).expand_as((xs - cx) / fx)], -1)
-    d = torch.einsum("cij,chwj->chwi", c2w[:, :3, :3], d_cam)
+    gw, gh = (width, height) if grid is None else (int(grid[0]), int(grid[1]))
+    xs_ = (torch.arange(gw, dtype=Ks.dtype, device=Ks.device) + 0.5) / (gw / float(width))
+    ys_ = (torch.arange(gh, dtype=Ks.dtype, device=Ks.device) + 0.5) / (gh / float(height))
+    ys, xs = torch.meshgrid(ys_, xs_, indexing="ij")
+    fx, fy = Ks[..., 0, 0, None, None], Ks[..., 1, 1, None, None]
+    cx, cy = Ks[..., 0, 2, None, None], Ks[..., 1, 2, None, None]
+    d_cam = torch.stack([(xs - cx) / fx, (ys - cy) / fy, torch.ones_like((xs - cx) / fx)], -1)  # [..., C, gh, gw, 3]
+    rot_c2w = viewmats[..., :3, :3].transpose(-1, -2)
+    d = torch.einsum("...ij,...hwj->...hwi", rot_c2w, d_cam)
     d = d / d.norm(dim=-1, keepdim=True)
-    o = c2w[:, None, None, :3, 3].expand_as(d)
-    return torch.cat([torch.linalg.cross(o, d, dim=-1), d], dim=-1)
+    o = camera_centers(viewmats)[..., None, None, :].expand_as(d)
+    return o, d
+
+
+def plucker(origins: Tensor, directions: Tensor) -> Tensor:  # [..., 3] x2 -> [..., 6]
+    """Plücker coordinates (o x d, d) of rays (``directions`` unit length)."""
+    return torch.cat([torch.linalg.cross(origins, directions, dim=-1), directions], dim=-1)
 
 
 # --------------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ from PIL import Image
 from .gaussians import Gaussians
 from .io import atomic_path
 from .render import Backend
-from .world.views import orbit_views, to_uint8
+from .render.views import orbit_views, to_uint8
 
 TURNTABLE_FORMATS = (".gif", ".mp4")
 MP4_BLOCK = 16  # h264/yuv420p wants sizes divisible by 2; 16 avoids ffmpeg's rescaling entirely

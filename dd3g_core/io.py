@@ -123,3 +123,33 @@ def _owner_alive(tmp_dir: Path) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def tree_sha256(root: str | os.PathLike, cache: str | os.PathLike | None = None) -> dict[str, Any]:
+    """Content identity of a folder (a teacher, a model): sha256 over every file's relative path and
+    sha256, in path order; hidden files (``.*``) are skipped. Returns ``{"sha256", "files", "bytes"}``.
+
+    ``cache``: a JSON file remembering each file's sha256 by (path, size, mtime), so re-hashing a
+    multi-GB weights folder whose files did not change costs a ``stat`` per file.
+    """
+    root = Path(root)
+    known: dict = {}
+    if cache is not None and Path(cache).is_file():
+        with contextlib.suppress(ValueError, OSError):
+            known = json.loads(Path(cache).read_text())
+    entries, fresh, total = [], {}, 0
+    for p in sorted(root.rglob("*")):
+        rel = p.relative_to(root)
+        if not p.is_file() or any(part.startswith(".") for part in rel.parts):
+            continue
+        st = p.stat()
+        key = f"{p.resolve()}|{st.st_size}|{st.st_mtime_ns}"
+        digest = known.get(key) if isinstance(known.get(key), str) else None
+        fresh[key] = digest = digest or sha256_file(p)
+        entries.append([rel.as_posix(), digest])
+        total += st.st_size
+    if cache is not None and fresh != known:
+        with contextlib.suppress(OSError):
+            atomic_write_json(cache, fresh)
+    blob = json.dumps(entries, separators=(",", ":")).encode()
+    return {"sha256": hashlib.sha256(blob).hexdigest(), "files": len(entries), "bytes": total}

@@ -1,21 +1,28 @@
-"""The dd3g asset graph. ``dagster job execute -m pipelines.definitions -j distill``."""
+"""The dd3g asset graph. ``dagster job execute -m pipelines.definitions -j distill``.
+
+Assets per stage in :mod:`pipelines.assets`, checks in :mod:`pipelines.checks`, jobs in
+:mod:`pipelines.jobs`, resources in :mod:`pipelines.resources` and :mod:`pipelines.io_managers`.
+"""
 
 from __future__ import annotations
 
 import dagster as dg
 
-from .assets import pepd_student, rgba_images, teacher_trajectories, tiny_teacher
-from .resources import DD3GSettings, shard_range_tags
+from .assets import ALL_ASSETS
+from .checks import student_checks
+from .io_managers import StageRecordIOManager
+from .jobs import ALL_JOBS
+from .resources import DD3GSettings
 
-ALL_ASSETS = [rgba_images, tiny_teacher, teacher_trajectories, pepd_student]
-
-# `distill` runs the whole recipe; later stages join this selection as they land. Its tags select the
-# whole shard-partition range, so one run covers every partition (docs/pipeline.md).
-distill_job = dg.define_asset_job("distill", selection=dg.AssetSelection.all(), description="The whole DD3G recipe.",
-                                  tags=shard_range_tags())
+settings = DD3GSettings()
 
 defs = dg.Definitions(
     assets=ALL_ASSETS,
-    jobs=[distill_job],
-    resources={"settings": DD3GSettings(), "pipes_subprocess_client": dg.PipesSubprocessClient()},
+    asset_checks=[student_checks],
+    jobs=ALL_JOBS,
+    resources={
+        "settings": settings,
+        "io_manager": StageRecordIOManager(settings=settings),
+        "pipes_subprocess_client": dg.PipesSubprocessClient(),
+    },
 )

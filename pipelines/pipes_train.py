@@ -1,6 +1,6 @@
-"""The ``pepd_student`` asset's subprocess: ``dd3g_core.train`` with rank 0 speaking Dagster Pipes.
+"""The ``pepd_student`` asset's subprocess: ``dd3g_core.distill.train`` with rank 0 speaking Dagster Pipes.
 
-    accelerate launch … -m pipelines.pipes_train --config …   (same arguments as dd3g_core.train)
+    accelerate launch … -m pipelines.pipes_train --config …   (same arguments as dd3g_core.distill.train)
 
 Rank 0 (``RANK`` from the launcher) opens the Pipes session when Dagster started the process,
 streams the trainer's log lines and reports the final materialization (metadata + the weights'
@@ -11,7 +11,7 @@ import os
 import sys
 from typing import Any
 
-from dd3g_core.train import main as train_main
+from dd3g_core.distill.train import main as train_main
 
 
 class PipesReporter:

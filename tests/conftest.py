@@ -11,7 +11,7 @@ def _forced_render_backend(monkeypatch):
     compositor instead of the compiled rasterizer (to tell a kernel bug from a world bug)."""
     forced = os.environ.get("DD3G_TEST_BACKEND")
     if forced:
-        import dd3g_core.world.views as views
+        import dd3g_core.render.views as views
 
         real = views.render
 

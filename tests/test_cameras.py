@@ -5,7 +5,7 @@ import torch
 
 from dd3g_core.cameras import (
     LAYOUTS, camera_centers, get_layout, imagedream_camera_embedding, intrinsics, look_at,
-    orbit_cameras, plucker_rays,
+    orbit_cameras, pixel_rays, plucker,
 )
 
 
@@ -47,19 +47,29 @@ def test_degenerate_cameras_raise():
         intrinsics(40.0, 0, 8)
 
 
-def test_plucker_rays_are_unit_and_through_pixel_centres():
+def test_pixel_rays_are_unit_and_through_pixel_centres():
     viewmats, Ks = orbit_cameras([20.0], [10.0], 1.5, 49.1, 6, 4)
-    rays = plucker_rays(viewmats, Ks, 6, 4)
-    assert rays.shape == (1, 4, 6, 6)
-    d, m = rays[..., 3:], rays[..., :3]
+    o, d = pixel_rays(viewmats, Ks, 6, 4)
+    assert o.shape == d.shape == (1, 4, 6, 3)
+    rays = plucker(o, d)
+    m = rays[..., :3]
     assert torch.allclose(d.norm(dim=-1), torch.ones(1, 4, 6), atol=1e-5)
     assert torch.allclose((m * d).sum(-1), torch.zeros(1, 4, 6), atol=1e-5)  # Plücker constraint
+    assert torch.allclose(o, camera_centers(viewmats)[:, None, None].expand_as(o))
     # a point along the ray through pixel (row 1, col 2) projects back to that pixel centre
-    o = camera_centers(viewmats)[0]
-    p = o + 0.8 * d[0, 1, 2]
+    p = o[0, 1, 2] + 0.8 * d[0, 1, 2]
     pc = viewmats[0, :3, :3] @ p + viewmats[0, :3, 3]
     uv = (Ks[0] @ pc)[:2] / pc[2]
     assert torch.allclose(uv, torch.tensor([2.5, 1.5]), atol=1e-4)
+
+
+def test_pixel_rays_on_a_coarse_grid_pass_through_cell_centres():
+    viewmats, Ks = orbit_cameras([0.0, 90.0], [10.0, 10.0], 1.5, 49.1, 8, 8)
+    o, d = pixel_rays(viewmats[None], Ks[None], 8, 8, grid=(2, 2))  # leading batch dim: [1, C, 2, 2, 3]
+    assert d.shape == (1, 2, 2, 2, 3)
+    p = o[0, 1, 1, 0] + 1.3 * d[0, 1, 1, 0]  # camera 1, cell row 1, col 0: pixel centre (2, 6)
+    pc = viewmats[1, :3, :3] @ p + viewmats[1, :3, 3]
+    assert torch.allclose((Ks[1] @ pc)[:2] / pc[2], torch.tensor([2.0, 6.0]), atol=1e-4)
 
 
 def test_imagedream_embedding_matches_reference_values():

@@ -12,7 +12,8 @@ import pytest
 from dd3g_core.cli import main
 from dd3g_core.exports import save_turntable, save_views_grid, turntable_frames, views_grid
 from dd3g_core.ply import load_ply, save_ply
-from dd3g_core.world import object_spec, orbit_views, sample_object, to_uint8
+from dd3g_core.render.views import orbit_views, to_uint8
+from dd3g_core.world import object_spec, sample_object
 
 
 

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from dd3g_core.losses import (
+from dd3g_core.distill.losses import (
     NonFiniteLossError, alpha_from_background, explicit_supervision_loss, implicit_verification_loss, ramp_weight,
     sample_timesteps,
 )
@@ -84,7 +84,7 @@ def test_non_finite_error_names_the_batch():
 def test_perceptual_loss_from_local_weights(tmp_path):
     from safetensors.torch import save_file
 
-    from dd3g_core.perceptual import PerceptualLoss, vgg16_features
+    from dd3g_core.distill.perceptual import PerceptualLoss, vgg16_features
 
     torch.manual_seed(0)
     feats = vgg16_features()

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from dd3g_core.model import PEPD, ConfigMismatchError, PEPDConfig
-from dd3g_core.teacher import TinyTeacher, read_state_dict_listing, state_dict_shapes
+from dd3g_core.teacher import TinyTeacher
+from dd3g_core.weights import read_state_dict_listing, state_dict_shapes
 
 LISTING = Path(__file__).parent / "data" / "imagedream_unet_state_dict.txt"
 

@@ -120,7 +120,7 @@ def test_bad_keys_rejected(tmp_path):
 
 # ------------------------------------------------------------------------- training reader
 
-from dd3g_core.shard_reader import (  # noqa: E402
+from dd3g_core.shards.reader import (  # noqa: E402
     PickleFieldError, decode_image, make_train_dataset, make_train_loader, read_skip_log,
 )
 
@@ -205,7 +205,7 @@ def test_decode_image_modes_and_bomb_guard():
 
 
 def test_resolve_shard_urls_accepts_a_directory_of_partitions(tmp_path):
-    from dd3g_core.shard_reader import resolve_shard_urls
+    from dd3g_core.shards.reader import resolve_shard_urls
 
     for k in range(2):
         write_shards(make_samples(3, start=3 * k), tmp_path / "v" / f"shard-{k:05d}", samples_per_shard=2)

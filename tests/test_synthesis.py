@@ -9,13 +9,15 @@ import numpy as np
 import pytest
 
 from dd3g_core import synthesis as S
+from dd3g_core.profiles import get_profile
 from dd3g_core.shards import iter_samples, validate_shards
 from dd3g_core.synthesis.generators import GeneratedImage
 from dd3g_core.synthesis.stage import SynthesisBackends
+from stand_ins import build_stub_onnx, build_tiny_sdxl
 
 
 def smoke(**changes):
-    return S.PRESETS["smoke"].replace(**changes)
+    return get_profile("smoke").rgba.replace(**changes)
 
 
 # --------------------------------------------------------------------------------------
@@ -200,7 +202,7 @@ def test_every_sample_failing_raises_and_writes_nothing(tmp_path):
 
 
 def test_config_validation_versions_and_presets(tmp_path):
-    tiny, sm, full = S.PRESETS["tiny"], S.PRESETS["smoke"], S.PRESETS["full"]
+    tiny, sm, full = (get_profile(name).rgba for name in ("tiny", "smoke", "full"))
     assert (tiny.generator, tiny.matting, tiny.resolution, tiny.num_shards) == ("procedural", "colorkey", 64, 8)
     assert (sm.num_shards, sm.samples_per_shard, sm.resolution) == (2, 4, 32)
     assert (full.generator, full.matting, full.resolution) == ("sdxl", "rembg", 256)
@@ -236,9 +238,9 @@ def test_missing_model_paths_are_clear_errors(tmp_path, monkeypatch):
     monkeypatch.delenv("DD3G_SDXL_PATH", raising=False)
     monkeypatch.delenv("DD3G_REMBG_MODEL", raising=False)
     with pytest.raises(S.MissingModelError, match="DD3G_SDXL_PATH"):
-        S.preset("full")
+        get_profile("full").rgba.resolved()
     with pytest.raises(S.MissingModelError, match="DD3G_SDXL_PATH"):
-        S.stage_dir(tmp_path, S.PRESETS["full"])
+        S.stage_dir(tmp_path, get_profile("full").rgba)
     missing = tmp_path / "no-sdxl"
     with pytest.raises(S.MissingModelError, match=str(missing)):
         S.RGBASynthesisConfig(generator="sdxl", sdxl_path=str(missing)).resolved()
@@ -251,62 +253,12 @@ def test_missing_model_paths_are_clear_errors(tmp_path, monkeypatch):
         S.RembgMatting(onnx_path)
     monkeypatch.setenv("DD3G_SDXL_PATH", str(missing))
     with pytest.raises(S.MissingModelError, match="model_index.json"):
-        S.preset("full")
+        get_profile("full").rgba.resolved()
 
 
 # --------------------------------------------------------------------------------------
 # SDXL (tiny random pipeline saved to a temp dir) and rembg (stub ONNX)
 # --------------------------------------------------------------------------------------
-
-
-def _bytes_to_unicode():
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    cs, n = bs[:], 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return [chr(c) for c in cs]
-
-
-def build_tiny_sdxl(folder: Path) -> Path:
-    """A random, tiny StableDiffusionXLPipeline saved with save_pretrained; the CLIP tokenizers
-    are built from hand-written byte-level vocab/merges files (no hub)."""
-    import torch
-    from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
-
-    torch.manual_seed(0)
-    tok_dir = folder / "_tokenizer_src"
-    tok_dir.mkdir(parents=True)
-    chars = _bytes_to_unicode()
-    vocab = {c: i for i, c in enumerate(chars)}
-    vocab.update({c + "</w>": len(chars) + i for i, c in enumerate(chars)})
-    vocab["<|startoftext|>"], vocab["<|endoftext|>"] = len(vocab), len(vocab) + 1
-    (tok_dir / "vocab.json").write_text(json.dumps(vocab))
-    (tok_dir / "merges.txt").write_text("#version: 0.2\n")
-    tok = CLIPTokenizer(str(tok_dir / "vocab.json"), str(tok_dir / "merges.txt"), model_max_length=16)
-    V = len(tok)
-    tcfg = CLIPTextConfig(bos_token_id=V - 2, eos_token_id=V - 1, pad_token_id=V - 1, hidden_size=16,
-                          intermediate_size=32, num_attention_heads=2, num_hidden_layers=2, vocab_size=V,
-                          max_position_embeddings=16, projection_dim=16, hidden_act="gelu")
-    unet = UNet2DConditionModel(
-        sample_size=16, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(8, 16),
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        attention_head_dim=(2, 4), cross_attention_dim=32, norm_num_groups=4, use_linear_projection=True,
-        addition_embed_type="text_time", addition_time_embed_dim=8, projection_class_embeddings_input_dim=6 * 8 + 16)
-    vae = AutoencoderKL(block_out_channels=(8, 16), in_channels=3, out_channels=3, latent_channels=4,
-                        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
-                        norm_num_groups=4, sample_size=32)
-    scheduler = EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-                                       steps_offset=1, timestep_spacing="leading")
-    pipe = StableDiffusionXLPipeline(vae=vae, text_encoder=CLIPTextModel(tcfg),
-                                     text_encoder_2=CLIPTextModelWithProjection(tcfg), tokenizer=tok,
-                                     tokenizer_2=tok, unet=unet, scheduler=scheduler)
-    out = folder / "sdxl"
-    pipe.save_pretrained(out)
-    return out
 
 
 class DiscMatting:
@@ -362,30 +314,11 @@ def test_sdxl_tiny_pipeline_end_to_end(tmp_path, monkeypatch):
         assert rec["generator_config"]["size"] == 32 and "matting_iou" not in rec
 
 
-def build_stub_onnx(path: Path) -> Path:
-    """1x3x320x320 -> 1x1x320x320 sigmoid 'u2net': foreground = far from white (after rembg's
-    ImageNet normalisation white sums to ~7.3 over the channels)."""
-    import onnx
-    import torch
-
-    model = torch.nn.Sequential(torch.nn.Conv2d(3, 1, 1), torch.nn.Sigmoid())
-    with torch.no_grad():
-        model[0].weight.fill_(-8.0)
-        model[0].bias.fill_(8.0 * 6.6)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(model, (torch.zeros(1, 3, 320, 320),), str(path), input_names=["input"],
-                          output_names=["output"], dynamo=False)
-    onnx.checker.check_model(onnx.load(str(path)))
-    return path
-
-
 class WhiteBackdropGenerator(S.ProceduralGenerator):
     """Procedural objects on white, like SDXL prompted for a plain white background."""
 
     def generate_one(self, seed):
-        from dd3g_core.world import composite_on_background
+        from dd3g_core.render.views import composite_on_background
 
         img = super().generate_one(seed)
         return GeneratedImage(composite_on_background(img.true_rgba, (255, 255, 255)),

@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from dd3g_core.teacher import MultiViewUNetConfig, TinyTeacher
-from dd3g_core.teacher.grow import grow_unet
-from dd3g_core.teacher.train import TeacherTrainConfig, build_teacher
+from dd3g_core.teacher.training.grow import grow_unet
+from dd3g_core.teacher.training.train import TeacherTrainConfig, build_teacher
 
 SMALL = dict(model_channels=16, channel_mult=(1, 2, 2), attention_resolutions=(4,), num_res_blocks=1,
              num_head_channels=16, context_dim=32, resampler_depth=1)

@@ -8,81 +8,12 @@ import pytest
 import torch
 
 from dd3g_core.cameras import ViewLayout
-from dd3g_core.teacher import (
-    IMAGEDREAM_REPO, ImageDreamTeacher, MissingWeightsError, MultiViewUNet, MultiViewUNetConfig, prepare_images,
-)
+from dd3g_core.images import prepare_images
+from dd3g_core.teacher import IMAGEDREAM_REPO, ImageDreamTeacher, MissingWeightsError, MultiViewUNet, MultiViewUNetConfig
+from stand_ins import TEXT_DIM, VISION_DIM, tiny_unet_config, write_tiny_imagedream, write_unet
 
 LAYOUT = ViewLayout(resolution=64)  # VAE /4 -> 16x16 latents (the real model: 256 px, /8 -> 32x32)
 B, F, LAT = 2, 5, 16
-TEXT_DIM = VISION_DIM = 32
-
-
-def tiny_unet_config() -> MultiViewUNetConfig:
-    return MultiViewUNetConfig.preset("tiny").replace(
-        in_channels=4, out_channels=4, context_dim=TEXT_DIM, ip_embed_dim=VISION_DIM, image_size=LAT)
-
-
-def write_unet(folder: Path, cfg: MultiViewUNetConfig, state_dict=None) -> None:
-    from safetensors.torch import save_file
-
-    folder.mkdir(parents=True, exist_ok=True)
-    cfg.save(folder / "config.json")
-    if state_dict is None:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(0)
-            state_dict = MultiViewUNet(cfg).state_dict()
-    save_file({k: v.contiguous() for k, v in state_dict.items()}, str(folder / "diffusion_pytorch_model.safetensors"))
-
-
-def write_tiny_imagedream(root: Path) -> Path:
-    """A complete, tiny, random ImageDream folder with the real layout (model_index + 7 subfolders)."""
-    from diffusers import AutoencoderKL, DDIMScheduler
-    from transformers import (
-        CLIPImageProcessor, CLIPTextConfig, CLIPTextModel, CLIPTokenizer, CLIPVisionConfig, CLIPVisionModel,
-    )
-
-    root.mkdir(parents=True)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
-        for c in "abcdefghijklmnopqrstuvwxyz":
-            vocab[c] = len(vocab)
-            vocab[c + "</w>"] = len(vocab)
-        raw = root.parent / "raw_tokenizer"
-        raw.mkdir()
-        (raw / "vocab.json").write_text(json.dumps(vocab))
-        (raw / "merges.txt").write_text("#version: 0.2\n")
-        CLIPTokenizer(str(raw / "vocab.json"), str(raw / "merges.txt"), model_max_length=77).save_pretrained(
-            root / "tokenizer")
-        CLIPTextModel(CLIPTextConfig(
-            vocab_size=len(vocab), hidden_size=TEXT_DIM, intermediate_size=64, num_hidden_layers=2,
-            num_attention_heads=2, max_position_embeddings=77, bos_token_id=0, eos_token_id=1, pad_token_id=1,
-        )).save_pretrained(root / "text_encoder")
-        CLIPVisionModel(CLIPVisionConfig(
-            hidden_size=VISION_DIM, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-            image_size=32, patch_size=8,
-        )).save_pretrained(root / "image_encoder")
-        CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(
-            root / "feature_extractor")
-        AutoencoderKL(
-            in_channels=3, out_channels=3, down_block_types=["DownEncoderBlock2D"] * 3,
-            up_block_types=["UpDecoderBlock2D"] * 3, block_out_channels=[8, 8, 8], layers_per_block=1,
-            latent_channels=4, norm_num_groups=4, sample_size=64, scaling_factor=0.18215,
-        ).save_pretrained(root / "vae")
-        DDIMScheduler(  # the real scheduler_config.json (reference §1)
-            num_train_timesteps=1000, beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
-            clip_sample=False, set_alpha_to_one=False, steps_offset=1, prediction_type="epsilon",
-            timestep_spacing="leading",
-        ).save_pretrained(root / "scheduler")
-        write_unet(root / "unet", tiny_unet_config())
-    (root / "model_index.json").write_text(json.dumps({
-        "_class_name": "MVDreamPipeline", "_diffusers_version": "0.25.0",
-        "unet": ["mv_unet", "MultiViewUNetModel"], "vae": ["diffusers", "AutoencoderKL"],
-        "text_encoder": ["transformers", "CLIPTextModel"], "tokenizer": ["transformers", "CLIPTokenizer"],
-        "image_encoder": ["transformers", "CLIPVisionModel"],
-        "feature_extractor": ["transformers", "CLIPImageProcessor"], "scheduler": ["diffusers", "DDIMScheduler"],
-    }))
-    return root
 
 
 @pytest.fixture(scope="module")

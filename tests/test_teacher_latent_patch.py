@@ -13,7 +13,7 @@ from dd3g_core.teacher import MultiViewUNet, MultiViewUNetConfig
 from dd3g_core.teacher import sampler as ddim
 from dd3g_core.teacher.attention import SpatialTransformer3D
 from dd3g_core.teacher.tiny import TinyTeacher
-from dd3g_core.teacher.train import TeacherTrainConfig, build_teacher, export_teacher, pretrain_tiny_teacher
+from dd3g_core.teacher.training.train import TeacherTrainConfig, build_teacher, export_teacher, pretrain_tiny_teacher
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 

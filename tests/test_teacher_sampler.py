@@ -7,9 +7,10 @@ import torch
 from torch import nn
 
 from dd3g_core.cameras import imagedream_camera_embedding
+from dd3g_core.images import prepare_images
 from dd3g_core.teacher import (
     Condition, MissingWeightsError, TinyImageEncoder, TinyImageEncoderConfig, TinyTeacher, default_tiny_teacher_path,
-    draw_noise, prepare_images,
+    draw_noise,
 )
 from dd3g_core.teacher import sampler as ddim
 

@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 import torch
 
-from dd3g_core.teacher.data import MultiViewDataset, RenderSpec, generate_cache, list_shards, render_example
-from dd3g_core.teacher.interface import prepare_images
+from dd3g_core.teacher.training.data import MultiViewDataset, RenderSpec, generate_cache, list_shards, render_example
+from dd3g_core.images import prepare_images
 from dd3g_core.teacher.tiny import TinyTeacher
-from dd3g_core.teacher.train import (
+from dd3g_core.teacher.training.train import (
     TeacherTrainConfig,
     checkpoint_step,
     export_teacher,
@@ -154,33 +154,37 @@ def test_cli_export(full_run, tmp_path, capsys):
     assert "no teacher training checkpoint" in capsys.readouterr().err
 
 
-def test_dagster_asset_smoke_trains_and_tiny_uses_shipped(tmp_path):
+def test_dagster_teacher_asset_smoke_trains_and_tiny_uses_shipped(tmp_path, monkeypatch):
     import dagster as dg
 
     from dd3g_core.teacher.tiny import default_tiny_teacher_path
-    from pipelines.assets import tiny_teacher
-    from pipelines.definitions import ALL_ASSETS
+    from pipelines.assets import ALL_ASSETS, teacher
+    from pipelines.io_managers import StageRecordIOManager
     from pipelines.resources import DD3GSettings
 
-    assert tiny_teacher in ALL_ASSETS
-    smoke = DD3GSettings(data_root=str(tmp_path / "data"), profile="smoke")
-    res = dg.materialize([tiny_teacher], resources={"settings": smoke})
-    meta = res.asset_materializations_for_node("tiny_teacher")[0].metadata
-    assert meta["source"].value == "smoke-trained"
-    assert (tmp_path / "data" / "tiny_teacher" / "smoke" / "teacher" / "model.safetensors").is_file()
-    again = dg.materialize([tiny_teacher], resources={"settings": smoke})  # a finished run: no retraining
-    meta2 = again.asset_materializations_for_node("tiny_teacher")[0].metadata
-    assert meta2["weights_sha256"].value == meta["weights_sha256"].value
+    monkeypatch.delenv("DD3G_TEACHER_PATH", raising=False)
+
+    def materialize(profile):
+        settings = DD3GSettings(data_root=str(tmp_path / "data"), profile=profile, teacher_path="")
+        res = dg.materialize([teacher], resources={"settings": settings,
+                                                   "io_manager": StageRecordIOManager(settings=settings)})
+        return res.asset_materializations_for_node("teacher")[0].metadata
+
+    assert teacher in ALL_ASSETS
+    meta = materialize("smoke")
+    assert meta["source"].value == "recipe:smoke"
+    assert (tmp_path / "data" / "teacher" / "smoke" / "teacher" / "model.safetensors").is_file()
+    meta2 = materialize("smoke")  # a finished run: no retraining
+    assert meta2["content_hash"].value == meta["content_hash"].value
     if (default_tiny_teacher_path(must_exist=False) / "model.safetensors").is_file():
-        tiny = DD3GSettings(data_root=str(tmp_path / "data"), profile="tiny")
-        res = dg.materialize([tiny_teacher], resources={"settings": tiny})
-        meta = res.asset_materializations_for_node("tiny_teacher")[0].metadata
-        assert meta["source"].value == "shipped" and len(meta["weights_sha256"].value) == 64
+        meta = materialize("tiny")
+        assert meta["source"].value == "shipped" and len(meta["content_hash"].value) == 64
+        assert meta["path"].value == str(default_tiny_teacher_path())
 
 
 def test_cli_offers_every_training_preset_and_init_from():
     from dd3g_core.cli import build_parser
-    from dd3g_core.teacher.train import TRAIN_PRESETS
+    from dd3g_core.teacher.training.train import TRAIN_PRESETS
 
     parser = build_parser()
     teacher = next(a for a in parser._actions if a.dest == "command").choices["teacher"]
@@ -189,7 +193,7 @@ def test_cli_offers_every_training_preset_and_init_from():
     assert sorted(preset.choices) == sorted(TRAIN_PRESETS)
     args = parser.parse_args(["teacher", "pretrain", "--preset", "tiny_concat", "--init-from", "/runs/t"])
     assert (args.preset, args.init_from) == ("tiny_concat", "/runs/t")
-    from dd3g_core.teacher.recipe import RECIPES
+    from dd3g_core.teacher.training.recipe import RECIPES
 
     recipe = next(a for a in teacher._actions if a.dest == "teacher_command").choices["recipe"]
     assert sorted(next(a for a in recipe._actions if a.dest == "recipe").choices) == sorted(RECIPES)
@@ -197,7 +201,7 @@ def test_cli_offers_every_training_preset_and_init_from():
 
 
 def test_lr_schedule_warmup_stable_then_optional_cooldown():
-    from dd3g_core.teacher.train import TeacherTrainConfig, lr_at
+    from dd3g_core.teacher.training.train import TeacherTrainConfig, lr_at
 
     plain = TeacherTrainConfig(lr=1e-3, warmup_steps=10)
     assert lr_at(plain, 0) == pytest.approx(1e-4) and lr_at(plain, 9) == pytest.approx(1e-3)
@@ -212,7 +216,7 @@ def test_lr_schedule_warmup_stable_then_optional_cooldown():
 
 def test_cli_cooldown_flag_reaches_the_config(tmp_path, monkeypatch):
     from dd3g_core import cli
-    from dd3g_core.teacher import train as teacher_train
+    from dd3g_core.teacher.training import train as teacher_train
 
     seen = {}
 
@@ -228,7 +232,7 @@ def test_cli_cooldown_flag_reaches_the_config(tmp_path, monkeypatch):
 def test_recipe_runs_its_stages_grows_the_base_and_resumes_as_a_no_op(tmp_path):
     """The staged recipe (smoke-sized): stage 2 starts from stage 1's EMA export grown to image
     concatenation, its LR cools down, the final export is a concat teacher, and a rerun changes nothing."""
-    from dd3g_core.teacher.recipe import RECIPES, train_teacher_recipe
+    from dd3g_core.teacher.training.recipe import RECIPES, train_teacher_recipe
 
     res = train_teacher_recipe("smoke", tmp_path)
     stages = RECIPES["smoke"]

@@ -6,13 +6,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from dd3g_core.teacher import (
-    MultiViewUNet, MultiViewUNetConfig, check_state_dict, load_unet_state_dict, read_state_dict_listing,
-    state_dict_shapes,
-)
+from dd3g_core.teacher import MultiViewUNet, MultiViewUNetConfig
 from dd3g_core.teacher.attention import CrossAttention, sdpa_heads
 from dd3g_core.teacher.blocks import timestep_embedding
-from dd3g_core.teacher.state_dict import diff_shapes, format_diff
+from dd3g_core.weights import (
+    check_state_dict, diff_shapes, format_diff, load_unet_state_dict, read_state_dict_listing, state_dict_shapes,
+)
 
 LISTING = Path(__file__).parent / "data" / "imagedream_unet_state_dict.txt"  # copy of the shared reference
 REAL_PARAMS = 941_672_900

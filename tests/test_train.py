@@ -15,14 +15,15 @@ import pytest
 import torch
 
 from dd3g_core import trajectories as tr
+from dd3g_core.profiles import get_profile
 from dd3g_core.model import PEPD
 from dd3g_core.shards import write_shards
 from dd3g_core.teacher import TinyTeacher
-from dd3g_core.train_config import DistillConfig, apply_overrides, load_config
-from dd3g_core.train_state import ResumeMismatchError, list_checkpoints
+from dd3g_core.distill.config import DistillConfig, apply_overrides, load_config
+from dd3g_core.distill.checkpoint import ResumeMismatchError, list_checkpoints
 
 ROOT = Path(__file__).resolve().parents[1]
-FAST = dataclasses.replace(tr.PRESETS["smoke"], steps=2, record_steps=(0,), guidance=1.0)
+FAST = dataclasses.replace(get_profile("smoke").trajectories, steps=2, record_steps=(0,), guidance=1.0)
 
 
 def rgba_image(i, size=64):
@@ -53,10 +54,12 @@ def smoke_config(data, out, **changes) -> DistillConfig:
     return cfg.replace(**changes)
 
 
-def test_config_files_and_overrides():
+def test_config_files_and_overrides(tmp_path):
     for name in ("tiny", "smoke", "full"):
-        cfg = load_config(ROOT / "assets" / "configs" / f"distill_{name}.json")
-        assert cfg.steps >= 1
+        assert load_config(preset=name) == get_profile(name).distill
+    run = tmp_path / "run.json"
+    run.write_text('{"_comment": "a run config", "preset": "smoke", "steps": 3}')
+    assert load_config(run) == get_profile("smoke").distill.replace(steps=3)
     cfg = apply_overrides(load_config(preset="tiny"), ["steps=7", "implicit_ramp=[1,2]", "model_overrides.depth=2",
                                                        "model_overrides.shape_block=2", "model_overrides.mu_block=1"])
     assert cfg.steps == 7 and cfg.implicit_ramp == (1, 2) and cfg.model_overrides["depth"] == 2
@@ -67,7 +70,7 @@ def test_config_files_and_overrides():
 
 
 def test_smoke_run_exports_a_loadable_student(tmp_path, data):
-    from dd3g_core.train import train
+    from dd3g_core.distill.train import train
 
     cfg = smoke_config(data, tmp_path / "run")
     result = train(cfg)
@@ -93,7 +96,7 @@ def test_smoke_run_exports_a_loadable_student(tmp_path, data):
 
 
 def test_non_finite_losses_skip_the_step_and_name_the_batch(tmp_path, data, monkeypatch):
-    import dd3g_core.train as train_mod
+    import dd3g_core.distill.train as train_mod
 
     real = train_mod.compute_losses
     calls = {"n": 0}
@@ -125,7 +128,7 @@ def test_non_finite_losses_skip_the_step_and_name_the_batch(tmp_path, data, monk
 
 
 def _train_cmd(cfg: DistillConfig) -> list[str]:
-    cmd = [sys.executable, "-m", "dd3g_core.train", "--preset", "smoke"]
+    cmd = [sys.executable, "-m", "dd3g_core.distill.train", "--preset", "smoke"]
     for k, v in cfg.to_dict().items():
         if v != dataclasses.asdict(load_config(preset="smoke")).get(k, object()):
             cmd += ["--set", f"{k}={json.dumps(v) if not isinstance(v, str) else v}"]
@@ -183,7 +186,7 @@ def test_build_student_takes_phase1_from_the_teacher_unet():
     """Phase 1 is the teacher's U-Net: a teacher trained with image concatenation (6-channel stem)
     gives a student with the same stem, initialised from its weights; an explicit override wins."""
     from dd3g_core.model import PEPDConfig
-    from dd3g_core.train import build_student
+    from dd3g_core.distill.train import build_student
 
     base = PEPDConfig.preset("tiny").unet
     teacher = TinyTeacher(unet_config=base.replace(concat_image=True), seed=0).eval()

@@ -8,10 +8,11 @@ import pytest
 import torch
 
 from dd3g_core import trajectories as tr
+from dd3g_core.profiles import get_profile
 from dd3g_core.shards import iter_samples, write_shards
 from dd3g_core.teacher import TinyTeacher
 
-SMOKE = tr.PRESETS["smoke"]  # K=2 draws, 3 steps, guidance 2 (CFG), record x_1, batches of 4
+SMOKE = get_profile("smoke").trajectories  # K=2 draws, 3 steps, guidance 2 (CFG), record x_1, batches of 4
 FAST = dataclasses.replace(SMOKE, steps=1, record_steps=(0,), guidance=1.0)
 
 
@@ -47,7 +48,6 @@ def test_config_validation():
         tr.TrajectoryCacheConfig(record_steps=(3, 1))
     with pytest.raises(ValueError, match="store_dtype"):
         tr.TrajectoryCacheConfig(store_dtype="int8")
-    assert set(tr.PRESETS) == {"tiny", "smoke", "full"}
     assert tr.noise_seed("a", 0) == tr.noise_seed("a", 0) != tr.noise_seed("a", 1) != tr.noise_seed("b", 0)
 
 

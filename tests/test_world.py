@@ -14,15 +14,13 @@ from dd3g_core.world import (
     PRIMITIVES,
     SPLITS,
     background_color_for,
-    composite_on_background,
     gaussians_from_spec,
     object_spec,
-    orbit_views,
-    render_rgba,
     sample_object,
     split_of,
     split_seeds,
 )
+from dd3g_core.render.views import composite_on_background, orbit_views, render_rgba
 from dd3g_core.world.geometry import matrix_to_quat, quat_to_matrix
 from dd3g_core.world.primitives import make_primitive
 

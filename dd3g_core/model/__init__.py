@@ -1,7 +1,7 @@
 """The student: PEPD (``pepd.py``), its options (``config.py``) and Gaussian heads (``heads.py``)."""
 
 from .config import PEPDConfig, PRESETS
-from .heads import GaussianHeads, grid_rays
+from .heads import GaussianHeads
 from .pepd import PEPD, ConfigMismatchError, PEPDOutput
 
-__all__ = ["PEPD", "PEPDConfig", "PRESETS", "PEPDOutput", "GaussianHeads", "grid_rays", "ConfigMismatchError"]
+__all__ = ["PEPD", "PEPDConfig", "PRESETS", "PEPDOutput", "GaussianHeads", "ConfigMismatchError"]

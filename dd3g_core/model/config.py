@@ -68,7 +68,7 @@ class PEPDConfig:
         if isinstance(self.unet, Mapping):
             object.__setattr__(self, "unet", MultiViewUNetConfig.from_dict(self.unet))
         u = self.unet
-        n_out = 3 * len(u.channel_mult) if u.num_res_blocks == 2 else (u.num_res_blocks + 1) * len(u.channel_mult)
+        n_out = (u.num_res_blocks + 1) * len(u.channel_mult)  # decoder blocks of the U-Net
         if not 1 <= self.phase1_output_blocks <= n_out:
             raise ValueError(f"phase1_output_blocks must be in [1, {n_out}], got {self.phase1_output_blocks}")
         if not 1 <= self.mu_block <= self.shape_block <= self.depth:

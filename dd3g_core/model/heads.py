@@ -35,27 +35,7 @@ from ..cameras import camera_centers
 from ..gaussians import SH_C0
 from .config import PEPDConfig
 
-__all__ = ["GaussianHeads", "grid_rays", "tokens_to_grid"]
-
-
-def grid_rays(
-    viewmats: Tensor,  # [B, V, 4, 4] world -> camera (OpenCV axes)
-    Ks: Tensor,  # [B, V, 3, 3] intrinsics in pixels of an image of side ``image_size``
-    image_size: int,
-    grid: int,  # rays through the centres of a grid x grid partition of the image
-) -> tuple[Tensor, Tensor]:  # origins [B, V, grid, grid, 3], unit directions [B, V, grid, grid, 3]
-    """World-space rays through cell centres (row = +y image axis, as rendered images)."""
-    scale = grid / float(image_size)
-    coords = (torch.arange(grid, dtype=Ks.dtype, device=Ks.device) + 0.5) / scale  # pixel coords at image_size
-    ys, xs = torch.meshgrid(coords, coords, indexing="ij")
-    fx, fy = Ks[..., 0, 0, None, None], Ks[..., 1, 1, None, None]
-    cx, cy = Ks[..., 0, 2, None, None], Ks[..., 1, 2, None, None]
-    d_cam = torch.stack([(xs - cx) / fx, (ys - cy) / fy, torch.ones_like((xs - cx) / fx)], -1)  # [B, V, G, G, 3]
-    rot_c2w = viewmats[..., :3, :3].transpose(-1, -2)
-    d = torch.einsum("bvij,bvhwj->bvhwi", rot_c2w, d_cam)
-    d = d / d.norm(dim=-1, keepdim=True)
-    o = camera_centers(viewmats)[:, :, None, None, :].expand_as(d)
-    return o, d
+__all__ = ["GaussianHeads", "tokens_to_grid"]
 
 
 def tokens_to_grid(

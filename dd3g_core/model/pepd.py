@@ -30,13 +30,14 @@ from typing import Any, Mapping
 import torch
 from torch import Tensor, nn
 
+from ..cameras import pixel_rays, plucker
 from ..gaussians import Gaussians
 from ..io import atomic_directory, atomic_write_json
 from ..teacher.interface import Condition
-from ..teacher.state_dict import check_state_dict, load_weights_file
+from ..weights import check_state_dict, load_weights_file
 from ..teacher.unet import MultiViewUNet
 from .config import PEPDConfig
-from .heads import GaussianHeads, grid_rays
+from .heads import GaussianHeads
 from .transformer import TransformerBlock
 
 __all__ = ["PEPD", "PEPDOutput", "ConfigMismatchError"]
@@ -112,11 +113,12 @@ class PEPD(nn.Module):
         view_tokens = self.feature_proj(feats.flatten(3).transpose(-1, -2))  # [B, V, fr², D]
 
         # 2. fusion: + Plücker rays of each token's cells; ⊕ II patch tokens
-        origins, dirs = grid_rays(viewmats.to(dev, torch.float32), Ks.to(dev, torch.float32), image_size,
-                                  c.grid_resolution)
-        plucker = torch.cat([torch.linalg.cross(origins, dirs, dim=-1), dirs], -1)  # [B, V, G, G, 6]
+        grid = (c.grid_resolution, c.grid_resolution)
+        origins, dirs = pixel_rays(viewmats.to(dev, torch.float32), Ks.to(dev, torch.float32), image_size, image_size,
+                                   grid)
+        rays = plucker(origins, dirs)  # [B, V, G, G, 6]
         fr, g = c.feature_resolution, c.gaussian_grid
-        cells = plucker.reshape(b, c.num_views, fr, g, fr, g, 6).permute(0, 1, 2, 4, 3, 5, 6)
+        cells = rays.reshape(b, c.num_views, fr, g, fr, g, 6).permute(0, 1, 2, 4, 3, 5, 6)
         view_tokens = view_tokens + self.ray_embed(cells.reshape(b, c.num_views, fr * fr, g * g * 6).to(dt))
         view_tokens = view_tokens.reshape(b, c.num_views * fr * fr, c.width)
         img = self._image_input(image).to(dev, dt)
@@ -194,7 +196,7 @@ class PEPD(nn.Module):
         missing = [n for n in (CONFIG_NAME, WEIGHTS_NAME) if not (path / n).is_file()]
         if missing:
             raise FileNotFoundError(f"{path} is not a PEPD checkpoint folder: missing {missing} "
-                                    f"(train one with `dd3g distill` / the pepd_student asset, or pass --checkpoint)")
+                                    f"(train one with the `distill` job's pepd_student asset or `python -m dd3g_core.distill.train`, or pass --checkpoint)")
         d = json.loads((path / CONFIG_NAME).read_text())
         keys = {f for f in PEPDConfig.__dataclass_fields__}
         cfg = PEPDConfig.from_dict({k: v for k, v in d.items() if k in keys or k in ("format", "format_version")})

@@ -7,23 +7,22 @@
 | generator (:mod:`.generators`) | :class:`ProceduralGenerator` (procedural object on a colour key) | :class:`SDXLGenerator` (local diffusers folder) |
 | matting (:mod:`.matting`) | :class:`ColorKeyMatting` | :class:`RembgMatting` (local ``.onnx``) |
 
-Config and presets in :mod:`.config`, post-processing in :mod:`.postprocess`, robust image
+Config in :mod:`.config` (each profile's values in ``dd3g_core.profiles``), post-processing in :mod:`.postprocess`, robust image
 loading in :mod:`.image_io`, the partitioned stage in :mod:`.stage`. See docs/synthesis.md.
 
     from dd3g_core import synthesis
-    cfg = synthesis.PRESETS["tiny"]
+    from dd3g_core.profiles import get_profile
+    cfg = get_profile("tiny").rgba
     summary, cache_hit = synthesis.synthesize_shard("data", cfg, shard_index=0)
 """
 
 from ..io import stable_hash
 from .config import (
     CODE_VERSION,
-    PRESETS,
     STAGE,
     MissingModelError,
     QualityFilters,
     RGBASynthesisConfig,
-    preset,
     shard_dir,
     stage_dir,
     stage_version,
@@ -35,14 +34,11 @@ from .postprocess import QualityResult, check_quality, recentre
 from .prompts import EmptyPromptListError, load_prompts, parse_prompts
 from .stage import alpha_iou, preview_grid, shard_summaries, synthesize_rgba, synthesize_shard
 
-# Deprecated alias: the pre-issue-4 name of the config (pipelines/assets/rgba.py still imports it).
-ProceduralRGBAConfig = RGBASynthesisConfig
-
 __all__ = [
-    "CODE_VERSION", "PRESETS", "STAGE", "ColorKeyMatting", "EmptyPromptListError", "GeneratedImage",
+    "CODE_VERSION", "STAGE", "ColorKeyMatting", "EmptyPromptListError", "GeneratedImage",
     "ImageInfo", "ImageLoadError", "MattingResult", "MissingModelError", "ProceduralGenerator",
-    "ProceduralRGBAConfig", "QualityFilters", "QualityResult", "RGBASynthesisConfig", "RembgMatting",
+    "QualityFilters", "QualityResult", "RGBASynthesisConfig", "RembgMatting",
     "SDXLGenerator", "alpha_iou", "check_quality", "load_image_rgba", "load_prompts", "parse_prompts",
-    "preset", "preview_grid", "recentre", "shard_dir", "shard_summaries", "stable_hash", "stage_dir",
+    "preview_grid", "recentre", "shard_dir", "shard_summaries", "stable_hash", "stage_dir",
     "stage_version", "synthesize_rgba", "synthesize_shard",
 ]

@@ -1,4 +1,5 @@
-"""Configuration of the ``rgba_images`` stage: one frozen dataclass, three presets, versioning.
+"""Configuration of the ``rgba_images`` stage: one frozen dataclass and its versioning (the values of
+each profile are in ``dd3g_core.profiles``).
 
 A config says which 2D generator and which background-removal backend to use, how many
 shards of how many samples to make, and how to post-process and filter them. Its hash (with
@@ -25,6 +26,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ..io import stable_hash
+from ..paths import ASSETS_DIR
 
 STAGE = "rgba_images"
 CODE_VERSION = "2"  # bump when the output of this stage changes for the same config
@@ -33,7 +35,7 @@ GENERATORS = ("procedural", "sdxl")
 MATTINGS = ("exact", "colorkey", "rembg")
 SDXL_PATH_ENV = "DD3G_SDXL_PATH"
 REMBG_MODEL_ENV = "DD3G_REMBG_MODEL"
-PROMPTS_DIR = Path(__file__).resolve().parents[2] / "assets" / "prompts"
+PROMPTS_DIR = ASSETS_DIR / "prompts"
 DEFAULT_PROMPT_TEMPLATE = "a 3D render of {prompt}, plain white background, centered, full object, studio lighting"
 DEFAULT_NEGATIVE_PROMPT = "cropped, out of frame, multiple objects, text, watermark, busy background, shadow"
 
@@ -285,31 +287,3 @@ def prompts_path(prompts_file: str) -> Path:
     if not p.is_file():
         raise FileNotFoundError(f"prompt list {p} does not exist (prompt lists live in {PROMPTS_DIR})")
     return p
-
-
-# --------------------------------------------------------------------------------------
-# Presets
-# --------------------------------------------------------------------------------------
-
-PRESETS: dict[str, RGBASynthesisConfig] = {
-    # the embedded CPU default: procedural objects on a colour key, 8 shards x 32 samples at 64 px
-    "tiny": RGBASynthesisConfig(),
-    # seconds, for tests and CI: 2 shards x 4 samples at 32 px
-    "smoke": RGBASynthesisConfig(
-        resolution=32, render_resolution=64, num_gaussians=800, samples_per_shard=4, num_shards=2,
-    ),
-    # GPUs, real weights: SDXL + rembg at 256 px (paths from $DD3G_SDXL_PATH / $DD3G_REMBG_MODEL);
-    # 120 shards x 1000 = the paper's 120k images
-    "full": RGBASynthesisConfig(
-        generator="sdxl", matting="rembg", resolution=256, samples_per_shard=1000, num_shards=120,
-        sdxl_steps=30, sdxl_guidance=5.0, sdxl_size=1024, sdxl_batch_size=4,
-        filters=QualityFilters(min_coverage=0.03, max_coverage=0.8, border_px=2),
-    ),
-}
-
-
-def preset(name: str) -> RGBASynthesisConfig:
-    """A preset, resolved (``full`` checks its model paths here, with a clear error)."""
-    if name not in PRESETS:
-        raise ValueError(f"unknown preset {name!r}; choose from {sorted(PRESETS)}")
-    return PRESETS[name].resolved()

@@ -57,7 +57,8 @@ class ProceduralGenerator:
         return split_seeds(self.split, 1, start=int(seed))[0]
 
     def generate_one(self, seed: int) -> GeneratedImage:
-        from ..world import background_color_for, composite_on_background, object_spec, render_rgba, sample_object
+        from ..render.views import composite_on_background, render_rgba
+        from ..world import background_color_for, object_spec, sample_object
 
         obj_seed = self.object_seed(seed)
         gaussians = sample_object(obj_seed, num_gaussians=self.num_gaussians)

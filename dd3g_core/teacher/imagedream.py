@@ -35,12 +35,14 @@ from torch import Tensor, nn
 
 from ..cameras import ViewLayout, get_layout
 from .config import MultiViewUNetConfig
-from .interface import Condition, MissingWeightsError, MultiViewTeacher, composite_rgb, resize_square
+from ..images import composite_rgb, resize_square
+from .interface import Condition, MissingWeightsError, MultiViewTeacher
 from .sampler import make_scheduler
-from .state_dict import load_unet_state_dict
+from ..weights import load_unet_state_dict
 from .unet import MultiViewUNet
 
-__all__ = ["ImageDreamTeacher", "IMAGEDREAM_REPO", "missing_imagedream_files", "resolve_imagedream_path"]
+__all__ = ["ImageDreamTeacher", "IMAGEDREAM_REPO", "missing_imagedream_files", "resolve_imagedream_path",
+           "check_imagedream_folder"]
 
 IMAGEDREAM_REPO = "ashawkey/imagedream-ipmv-diffusers"
 HOWTO = (f"Download {IMAGEDREAM_REPO} on a connected machine (e.g. `hf download {IMAGEDREAM_REPO} "
@@ -94,6 +96,47 @@ def resolve_imagedream_path(path: str | Path) -> Path:
         except Exception:  # not cached (or hub lib missing): fall through to the clear error
             pass
     raise MissingWeightsError(f"ImageDream weights folder {path} does not exist. {HOWTO}")
+
+
+def check_imagedream_folder(path: str | Path) -> dict[str, Any]:
+    """Validate a local ImageDream folder without loading its weights (seconds, on any machine).
+
+    Every component is present (:func:`missing_imagedream_files`), every ``*.json`` config parses,
+    ``unet/config.json`` is a valid ``MultiViewUNetConfig`` and the U-Net weights have exactly the
+    state-dict layout that config implies (names and shapes, read from the safetensors header).
+    Returns ``{"path", "unet": config dict, "unet_parameters"}``; raises ``MissingWeightsError`` for
+    missing files and ``ValueError`` naming the file for a bad config or layout.
+    """
+    from safetensors import safe_open
+
+    from ..weights import diff_shapes, format_diff, state_dict_shapes
+
+    root = resolve_imagedream_path(path)
+    missing = missing_imagedream_files(root)
+    if missing:
+        raise MissingWeightsError(f"ImageDream weights folder {root} is incomplete; missing: {'; '.join(missing)}. "
+                                  f"{HOWTO}")
+    for cfg_file in sorted(root.rglob("*.json")):
+        try:
+            json.loads(cfg_file.read_text())
+        except (ValueError, UnicodeDecodeError) as e:
+            raise ValueError(f"{cfg_file} is not valid JSON: {e}") from None
+    cfg_file, weights = root / "unet" / "config.json", root / "unet" / "diffusion_pytorch_model.safetensors"
+    try:
+        cfg = MultiViewUNetConfig.from_dict(json.loads(cfg_file.read_text()))
+    except (ValueError, TypeError) as e:
+        raise ValueError(f"{cfg_file}: {e}") from None
+    with torch.device("meta"):
+        unet = MultiViewUNet(cfg)
+    try:
+        with safe_open(str(weights), framework="pt") as f:
+            shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+    except Exception as e:  # noqa: BLE001 - a truncated or foreign file: say which
+        raise ValueError(f"{weights} is not a readable safetensors file: {type(e).__name__}: {e}") from None
+    diff = diff_shapes(state_dict_shapes(unet.state_dict()), shapes)
+    if any(diff):
+        raise ValueError(f"{weights} does not match {cfg_file}:\n{format_diff(*diff)}")
+    return {"path": str(root), "unet": cfg.to_dict(), "unet_parameters": sum(p.numel() for p in unet.parameters())}
 
 
 class ImageDreamTeacher(MultiViewTeacher):

@@ -34,11 +34,13 @@ from torch.nn import functional as F
 
 from ..cameras import ViewLayout, get_layout
 from ..io import atomic_directory, atomic_write_json
+from ..paths import TINY_TEACHER_DIR
 from .config import MultiViewUNetConfig
 from .image_encoder import TinyImageEncoder, TinyImageEncoderConfig
-from .interface import Condition, MissingWeightsError, MultiViewTeacher, prepare_images, resize_square
+from ..images import prepare_images, resize_square
+from .interface import Condition, MissingWeightsError, MultiViewTeacher
 from .sampler import make_scheduler
-from .state_dict import check_state_dict, load_weights_file
+from ..weights import check_state_dict, load_weights_file
 from .unet import MultiViewUNet
 
 __all__ = ["TinyTeacher", "TINY_SCHEDULER_CONFIG", "default_tiny_teacher_path", "FORMAT", "FORMAT_VERSION"]
@@ -65,8 +67,8 @@ TINY_SCHEDULER_CONFIG: dict[str, Any] = {
 
 
 def default_tiny_teacher_path(must_exist: bool = True) -> Path:
-    """``<repo>/assets/models/tiny-teacher`` (resolved from the ``dd3g_core`` package location)."""
-    path = Path(__file__).resolve().parents[2] / "assets" / "models" / "tiny-teacher"
+    """The shipped tiny teacher, ``assets/models/tiny-teacher`` (:data:`dd3g_core.paths.TINY_TEACHER_DIR`)."""
+    path = TINY_TEACHER_DIR
     if must_exist:
         _check_files(path)
     return path

@@ -24,7 +24,7 @@ from .attention import SpatialTransformer3D
 from .blocks import Downsample, ResBlock, Upsample, timestep_embedding
 from .config import MultiViewUNetConfig
 from .resampler import Resampler
-from .state_dict import check_state_dict, load_unet_state_dict
+from ..weights import check_state_dict, load_unet_state_dict
 
 __all__ = ["MultiViewUNet", "TimestepEmbedSequential", "check_state_dict", "load_unet_state_dict"]
 

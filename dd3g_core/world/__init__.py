@@ -4,7 +4,8 @@ It stands in for the full pipeline's 2D generator (RGBA inputs), for Objaverse (
 training data for the tiny teacher) and gives exact ground truth for evaluation. See
 docs/world.md.
 
-    from dd3g_core.world import sample_object, object_spec, render_rgba
+    from dd3g_core.world import sample_object, object_spec
+    from dd3g_core.render.views import render_rgba
     g = sample_object(3)                     # Gaussians, means [3000, 3], sh degree 0
     rgba = render_rgba(g, resolution=64)     # uint8 [64, 64, 4]
 """
@@ -20,11 +21,8 @@ from .spec import (
     split_seeds,
 )
 from .primitives import PRIMITIVES
-from .views import composite_on_background, orbit_views, render_rgba, render_views, to_uint8
 
 __all__ = [
     "BACKGROUND_PALETTE", "DEFAULT_NUM_GAUSSIANS", "PATTERNS", "PRIMITIVES", "SPLITS",
-    "background_color_for", "composite_on_background", "gaussians_from_spec", "object_spec",
-    "orbit_views", "render_rgba", "render_views", "sample_object", "split_of", "split_seeds",
-    "to_uint8",
+    "background_color_for", "gaussians_from_spec", "object_spec", "sample_object", "split_of", "split_seeds",
 ]

@@ -1,79 +1,91 @@
-"""``tiny_teacher``: the CPU world's multi-view teacher checkpoint (group ``teacher``).
+"""``teacher``: the multi-view teacher every downstream stage uses, in every profile (group ``teacher``).
 
-Training the tiny teacher takes hours on 2 cores, so the ``distill`` job does not retrain it by
-default: in the ``tiny`` profile the asset resolves the shipped checkpoint
-(``assets/models/tiny-teacher``, made by ``dd3g teacher recipe``) and reports its path and
-weight hash. ``retrain: true`` in the run config reruns the recipe that made it
-(``dd3g_core.teacher.recipe``, recipe ``shipped``: two stages, ~4 h on 2 cores, resumable, under
-``<data_root>/tiny_teacher/shipped/``) and uses that export instead. The ``smoke`` profile always
-runs the seconds-long ``smoke`` recipe (same two stages on a small U-Net) into
-``<data_root>/tiny_teacher/smoke/`` (a resumed finished run is a no-op), so tests never depend
-on the shipped weights.
+Where the folder comes from (``dd3g_core.profiles``, ``TeacherSettings``):
+
+* ``tiny``: the shipped checkpoint ``assets/models/tiny-teacher``; with ``retrain: true`` the recipe
+  that made it (``dd3g teacher recipe``, ~4 h on 2 cores, resumable) under ``<data_root>/teacher/shipped/``;
+* ``smoke``: the seconds-long ``smoke`` recipe under ``<data_root>/teacher/smoke/`` (a finished run is
+  a no-op), so tests never depend on shipped weights;
+* ``full``: a local ImageDream folder (``$DD3G_TEACHER_PATH``, the settings resource's
+  ``teacher_path`` or a profile file's ``teacher.path``), validated without loading it: every
+  component, every config, the U-Net's state-dict layout.
+
+An explicit ``teacher_path`` wins in every profile. The materialization records the folder, its kind
+and its content hash (the data version); ``teacher_trajectories`` and ``pepd_student`` receive that
+record as their input and load exactly that folder (``dd3g_core.teacher.load_teacher``, which checks
+the hash first). A missing or partial folder fails here, with one message naming what is missing and
+how to get it, before anything downstream runs.
 """
 
-import json
 from pathlib import Path
 
 import dagster as dg
 
-from dd3g_core.io import sha256_file
+from dd3g_core.profiles import TEACHER_PATH_ENV
+from dd3g_core.teacher import MissingWeightsError, describe_teacher_folder
+from dd3g_core.teacher.imagedream import HOWTO
 
 from ..resources import DD3GSettings
 
-CODE_VERSION = "2"  # bump when the recipe or the resolution of the checkpoint changes
+CODE_VERSION = "3"  # bump when the resolution of the teacher folder changes
 
 
-class TinyTeacherConfig(dg.Config):
-    retrain: bool = False  # rerun (resume) the shipped checkpoint's recipe instead of using the checkpoint
-    resume: bool = True  # with retrain: continue the run in the data root (False: start over)
+class TeacherConfig(dg.Config):
+    retrain: bool = False  # tiny: rerun (resume) the profile's teacher recipe instead of using the shipped folder
+    resume: bool = True  # with a recipe: continue the run in the data root (False: start over)
 
 
-def _train(context: dg.AssetExecutionContext, settings: DD3GSettings, recipe: str, resume: bool) -> Path:
-    from dd3g_core.teacher.recipe import train_teacher_recipe
+def _train_recipe(context: dg.AssetExecutionContext, settings: DD3GSettings, recipe: str, resume: bool) -> Path:
+    from dd3g_core.teacher.training.recipe import train_teacher_recipe
 
-    run_dir = settings.root() / "tiny_teacher" / recipe
+    run_dir = settings.root() / "teacher" / recipe
     res = train_teacher_recipe(recipe, run_dir, resume=resume)
     if res.exported is None:
         raise RuntimeError(f"teacher recipe {recipe!r} stopped at step {res.step} of a stage in {run_dir}; "
                            f"materialize again to resume it")
-    context.log.info(f"trained tiny teacher recipe {recipe!r} (last stage at step {res.step}) in {run_dir}")
+    context.log.info(f"teacher recipe {recipe!r} done (last stage at step {res.step}) in {run_dir}")
     return res.exported
+
+
+def _teacher_folder(context, config: TeacherConfig, settings: DD3GSettings) -> tuple[Path, str]:
+    spec = settings.profile_config().teacher
+    if settings.teacher_path:
+        return Path(settings.teacher_path).expanduser(), "override"
+    if config.retrain and spec.kind != "tiny":
+        raise ValueError("retrain applies to the tiny teacher only: the full profile's ImageDream is not trained here")
+    if spec.recipe and (config.retrain or not spec.path):
+        return _train_recipe(context, settings, spec.recipe, config.resume), f"recipe:{spec.recipe}"
+    if spec.path:
+        return Path(spec.path).expanduser(), "shipped" if spec.kind == "tiny" else "profile"
+    raise MissingWeightsError(f"the {settings.profile_config().name} profile needs a local ImageDream folder: set "
+                              f"${TEACHER_PATH_ENV} (or the settings resource's teacher_path, or teacher.path in a "
+                              f"profile file). {HOWTO}")
 
 
 @dg.asset(
     code_version=CODE_VERSION,
     group_name="teacher",
     kinds={"pytorch"},
-    description="Tiny multi-view teacher (pixel-space MultiViewUNet) checkpoint: shipped, or retrained on request.",
+    description="The multi-view teacher folder (tiny: shipped or retrained; full: a validated local ImageDream), "
+                "recorded with its content hash.",
 )
-def tiny_teacher(context: dg.AssetExecutionContext, config: TinyTeacherConfig,
-                 settings: DD3GSettings) -> dg.MaterializeResult:
-    from dd3g_core.teacher.tiny import TinyTeacher, default_tiny_teacher_path
-
-    profile = settings.profile
-    if profile == "full":
-        raise NotImplementedError("the full profile's teacher is ImageDream from a local weights folder "
-                                  "(dd3g_core.teacher.imagedream); tiny_teacher serves profiles tiny/smoke")
-    if profile == "smoke":
-        path, source = _train(context, settings, "smoke", config.resume), "smoke-trained"
-    elif config.retrain:
-        path, source = _train(context, settings, "shipped", config.resume), "retrained"
+def teacher(context: dg.AssetExecutionContext, config: TeacherConfig, settings: DD3GSettings):
+    spec = settings.profile_config().teacher
+    folder, source = _teacher_folder(context, config, settings)
+    record = {**describe_teacher_folder(folder, kind=spec.kind, hash_cache=settings.hash_cache()), "source": source}
+    context.log.info(f"teacher ({record['kind']}, {source}): {record['path']} content {record['content_hash'][:16]}")
+    metadata = {
+        "path": dg.MetadataValue.path(record["path"]),
+        "kind": record["kind"],
+        "source": source,
+        "content_hash": record["content_hash"],
+        "files": record["files"],
+        "size_bytes": record["bytes"],
+    }
+    if record["kind"] == "tiny":
+        metadata.update(config_hash=record["config_hash"], parameters=record["parameters"],
+                        default_steps=record["default_steps"], default_guidance=record["default_guidance"])
     else:
-        path, source = default_tiny_teacher_path(must_exist=True), "shipped"
-    teacher = TinyTeacher.from_pretrained(path)  # validates config + weights
-    weights_sha = sha256_file(path / "model.safetensors")
-    cfg = json.loads((path / "config.json").read_text())
-    return dg.MaterializeResult(
-        data_version=dg.DataVersion(weights_sha[:16]),
-        metadata={
-            "path": dg.MetadataValue.path(str(path)),
-            "source": source,
-            "weights_sha256": weights_sha,
-            "config_hash": teacher.config_hash(),
-            "parameters": sum(p.numel() for p in teacher.parameters()),
-            "size_bytes": (path / "model.safetensors").stat().st_size,
-            "unet": dg.MetadataValue.json(cfg["unet"]),
-            "default_steps": teacher.default_steps,
-            "default_guidance": teacher.default_guidance,
-        },
-    )
+        metadata.update(unet_parameters=record["unet_parameters"], unet=dg.MetadataValue.json(record["unet"]))
+    return dg.MaterializeResult(value=record, data_version=dg.DataVersion(record["content_hash"][:16]),
+                                metadata=metadata)

@@ -1,6 +1,7 @@
-"""``DistillConfig``: every option of a distillation run, with named presets, read from JSON.
+"""``DistillConfig``: every option of a distillation run, read from a profile and JSON.
 
-A run is fully described by its config file (``assets/configs/distill_*.json``) plus ``--set
+A run is fully described by a profile's ``distill`` settings (``--preset tiny|smoke|full``, see
+``dd3g_core.profiles``) or a JSON config file (which may name a ``preset`` to start from), plus ``--set
 key=value`` overrides; the resolved config is stored in every checkpoint (``trainer_state.json``)
 so a run describes itself and ``--resume`` refuses to continue a run with another config.
 """
@@ -13,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Mapping, get_args
 
-__all__ = ["DistillConfig", "PRESETS", "load_config", "apply_overrides"]
+__all__ = ["DistillConfig", "load_config", "apply_overrides", "preset_config"]
 
 MixedPrecision = Literal["no", "fp16", "bf16"]
 Init = Literal["teacher", "scratch"]
@@ -40,10 +41,10 @@ class DistillConfig:
     grad_clip: float = 1.0
     mixed_precision: MixedPrecision = "no"  # fp16/bf16 on CUDA
     ema_decay: float = 0.995
-    # --- objective (dd3g_core.losses) ---
+    # --- objective (dd3g_core.distill.losses) ---
     alpha_weight: float = 0.1
     alpha_softness: float = 0.08
-    perceptual_weights: str | None = None  # local VGG16 safetensors (dd3g_core.perceptual); None = no term
+    perceptual_weights: str | None = None  # local VGG16 safetensors (dd3g_core.distill.perceptual); None = no term
     perceptual_weight: float = 0.0
     implicit_weight: float = 0.05  # lambda_imp
     implicit_ramp: tuple[int, int] = (300, 900)  # ramp(step): 0 before, linear, 1 after
@@ -90,7 +91,7 @@ class DistillConfig:
         unknown = sorted(set(d) - known - {"preset", "_comment"})
         if unknown:
             raise ValueError(f"unknown DistillConfig keys {unknown}; known keys: {sorted(known)}")
-        base = PRESETS[d["preset"]] if "preset" in d else cls()
+        base = preset_config(d["preset"]) if "preset" in d else cls()
         return dataclasses.replace(base, **{k: v for k, v in d.items() if k in known})
 
     def replace(self, **changes: Any) -> "DistillConfig":
@@ -102,19 +103,11 @@ class DistillConfig:
         return {k: v for k, v in self.to_dict().items() if k not in skip}
 
 
-PRESETS: dict[str, DistillConfig] = {
-    # The default tiny budget (docs/student.md): ~25 min on 2 CPU cores for 1 process.
-    "tiny": DistillConfig(),
-    # CI / tests: a handful of steps, frequent checkpoints.
-    "smoke": DistillConfig(steps=6, batch_size=2, warmup_steps=1, checkpoint_every=2, log_every=1,
-                           implicit_ramp=(2, 4), implicit_every=1, num_workers=0, shuffle_buffer=8),
-    # GPU clusters: ImageDream teacher, bf16, per-GPU batch 4 x accumulation 4.
-    "full": DistillConfig(model="full", steps=30000, batch_size=4, grad_accum=4, lr=1e-4, warmup_steps=1000,
-                          mixed_precision="bf16", ema_decay=0.9999, implicit_ramp=(5000, 15000),
-                          implicit_weight=0.05, implicit_every=1, implicit_guidance=5.0,
-                          implicit_azimuth_range=(0.0, 360.0), implicit_elevation_range=(-10.0, 20.0),
-                          num_workers=4, checkpoint_every=1000, log_every=50, keep_checkpoints=3),
-}
+def preset_config(name: str) -> DistillConfig:
+    """The ``distill`` settings of a profile (``dd3g_core.profiles``: tiny, smoke, full or a profile file)."""
+    from ..profiles import get_profile
+
+    return get_profile(name).distill
 
 
 def _parse_value(text: str) -> Any:
@@ -147,10 +140,9 @@ def load_config(path: str | Path | None = None, preset: str | None = None,
     if path is not None:
         p = Path(path)
         if not p.is_file():
-            raise FileNotFoundError(f"config file {p} does not exist (see assets/configs/ for examples)")
+            raise FileNotFoundError(f"config file {p} does not exist (a JSON object of DistillConfig fields, optionally "
+                                    f"naming a \"preset\": tiny, smoke or full)")
         cfg = DistillConfig.from_dict(json.loads(p.read_text()))
     else:
-        if preset is not None and preset not in PRESETS:
-            raise ValueError(f"unknown preset {preset!r}; choose from {sorted(PRESETS)}")
-        cfg = PRESETS[preset or "tiny"]
+        cfg = preset_config(preset or "tiny")
     return apply_overrides(cfg, list(overrides or []))

@@ -31,10 +31,8 @@ Cost on this machine: ~25 ms per object (3000 Gaussians, one 4-camera render at 
 
 from __future__ import annotations
 
-import argparse
 import json
 import re
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -43,8 +41,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..cameras import ViewLayout, get_layout
-from ..io import atomic_directory
+from ...cameras import ViewLayout, get_layout
+from ...io import atomic_directory
 
 __all__ = ["RenderSpec", "render_example", "generate_cache", "MultiViewDataset", "list_shards", "shard_name"]
 
@@ -78,8 +76,9 @@ def render_example(seed: int, spec: RenderSpec = RenderSpec()) -> tuple[np.ndarr
     resized input up to uint8 rounding. When ``input_resolution`` equals the supersampled size
     the input is taken from the same render (the layout's input view has the input camera).
     """
-    from ..world import render_rgba, render_views, sample_object, to_uint8
-    from .interface import resize_square
+    from ...render.views import render_rgba, render_views, to_uint8
+    from ...world import sample_object
+    from ...images import resize_square
 
     layout: ViewLayout = get_layout(spec.layout)
     g = sample_object(int(seed), spec.num_gaussians)
@@ -121,7 +120,7 @@ def _write_meta(data_dir: Path, spec: RenderSpec, shard_size: int) -> None:
         if old != meta:
             raise ValueError(f"{data_dir} holds a cache made with {old}, not {meta}; use another directory")
         return
-    from ..io import atomic_write_json
+    from ...io import atomic_write_json
 
     atomic_write_json(path, meta)
 
@@ -136,7 +135,7 @@ def generate_cache(
     log: bool = False,
 ) -> list[Path]:
     """Render the first ``num_objects`` seeds of ``spec.split`` into shards (skipping existing ones)."""
-    from ..world import split_seeds
+    from ...world import split_seeds
 
     data_dir = Path(data_dir)
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -224,20 +223,3 @@ class MultiViewDataset:
         """Per-view mean image over the first ``count`` objects: float [V, 3, R, R] in [0, 1]."""
         v = self.views[: count or len(self)]
         return torch.from_numpy(v.astype(np.float64).mean(0)).float() / 255.0
-
-
-def _main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description="pregenerate the tiny teacher's multi-view cache")
-    p.add_argument("--out", required=True)
-    p.add_argument("--num-objects", type=int, default=20000)
-    p.add_argument("--shard-size", type=int, default=500)
-    p.add_argument("--worker", type=int, default=0)
-    p.add_argument("--num-workers", type=int, default=1)
-    a = p.parse_args(argv)
-    torch.set_num_threads(1)
-    generate_cache(a.out, a.num_objects, a.shard_size, worker=a.worker, num_workers=a.num_workers, log=True)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(_main())

@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING, Mapping
 import torch
 from torch import Tensor
 
-from ..io import atomic_directory, atomic_write_bytes
-from .tiny import TinyTeacher
+from ...io import atomic_directory, atomic_write_bytes
+from ..tiny import TinyTeacher
 
 if TYPE_CHECKING:
     from .train import TeacherTrainConfig

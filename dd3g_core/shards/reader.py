@@ -31,7 +31,7 @@ from typing import Any, Mapping
 import numpy as np
 from PIL import Image
 
-from .shards import (
+from .writer import (
     MANIFEST, PICKLE_EXTENSIONS, ShardSetSummary, ShardValidationError, read_manifest, validate_shards,
 )
 

@@ -1,4 +1,5 @@
-"""State-dict helpers for the teacher U-Net: compare names/shapes, load strictly, read listings.
+"""Weight-file helpers for every model (teacher U-Net, student): compare state-dict names and shapes,
+load strictly, read layout listings, digest weights.
 
 A checkpoint that does not match the architecture must fail loudly and say *what* differs
 (the first missing, unexpected and wrongly-shaped keys), not with torch's wall of text.
@@ -7,12 +8,17 @@ A checkpoint that does not match the architecture must fail loudly and say *what
 from __future__ import annotations
 
 import ast
+import hashlib
 from pathlib import Path
-from typing import Mapping
+from typing import Mapping, Sequence
 
+import torch
 from torch import Tensor, nn
 
-__all__ = ["state_dict_shapes", "diff_shapes", "check_state_dict", "load_unet_state_dict", "read_state_dict_listing"]
+__all__ = [
+    "state_dict_shapes", "diff_shapes", "format_diff", "check_state_dict", "load_unet_state_dict",
+    "read_state_dict_listing", "load_weights_file", "state_dict_digest",
+]
 
 Shapes = Mapping[str, tuple[int, ...]]
 
@@ -100,3 +106,13 @@ def load_weights_file(model: nn.Module, path: str | Path, error: type[Exception]
         raise error(f"{path} does not match the model's config: {e}") from None
     model.load_state_dict(sd, strict=True, assign=True)
     return model
+
+
+def state_dict_digest(modules: Sequence[nn.Module]) -> str:
+    """sha256 over names, dtypes, shapes and bytes of the modules' state dicts (the weights' identity)."""
+    h = hashlib.sha256()
+    for i, module in enumerate(modules):
+        for name, t in module.state_dict().items():
+            h.update(f"{i}/{name}/{t.dtype}/{tuple(t.shape)}".encode())
+            h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
+    return h.hexdigest()

@@ -26,9 +26,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .cameras import orbit_cameras
+from ..cameras import orbit_cameras
 from .metrics import psnr, ssim
-from .teacher.interface import prepare_images, resize_square
+from ..images import prepare_images, resize_square
 
 __all__ = ["HeldoutSet", "heldout_set", "evaluate_student", "NOVEL_AZIMUTHS", "NOVEL_ELEVATION"]
 
@@ -53,8 +53,9 @@ def _novel_cameras(layout, resolution: int) -> tuple[Tensor, Tensor]:
 
 
 def heldout_set(n: int, teacher, num_gaussians: int = 3000, supersample: int = 2) -> HeldoutSet:
-    from .teacher.data import RenderSpec, render_example
-    from .world import render_views, sample_object, split_seeds
+    from ..teacher.training.data import RenderSpec, render_example
+    from ..render.views import render_views
+    from ..world import sample_object, split_seeds
 
     layout = teacher.layout
     spec = RenderSpec(layout=_layout_name(layout), background=tuple(teacher.background), num_gaussians=num_gaussians)
@@ -76,7 +77,7 @@ def heldout_set(n: int, teacher, num_gaussians: int = 3000, supersample: int = 2
 
 
 def _layout_name(layout) -> str:
-    from .cameras import LAYOUTS
+    from ..cameras import LAYOUTS
 
     for name, lay in LAYOUTS.items():
         if lay == layout:
@@ -87,8 +88,8 @@ def _layout_name(layout) -> str:
 @torch.no_grad()
 def evaluate_student(model, teacher, data: HeldoutSet, draws: int = 2, batch: int = 16,
                      backend: str = "auto") -> dict[str, float]:
-    from .render import render
-    from .trajectories import noise_seed
+    from ..render import render
+    from ..trajectories import noise_seed
 
     cams = teacher.cameras()
     res = teacher.layout.resolution

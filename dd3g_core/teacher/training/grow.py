@@ -19,9 +19,9 @@ import dataclasses
 import torch
 from torch import nn
 
-from .attention import SpatialTransformer3D
-from .config import MultiViewUNetConfig
-from .unet import MultiViewUNet
+from ..attention import SpatialTransformer3D
+from ..config import MultiViewUNetConfig
+from ..unet import MultiViewUNet
 
 __all__ = ["grow_unet"]
 

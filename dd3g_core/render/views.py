@@ -12,7 +12,7 @@ from torch import Tensor
 
 from ..cameras import orbit_cameras
 from ..gaussians import Gaussians
-from ..render import Backend, render
+from . import Backend, render
 
 MAX_CAMERAS_PER_CALL = 8  # bounds peak memory (the dense reference backend is O(pixels x N))
 

@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .io import atomic_write_json
+from ..io import atomic_write_json
 
 __all__ = ["CHECKPOINT_RE", "list_checkpoints", "latest_checkpoint", "save_checkpoint", "load_checkpoint",
            "ema_state_dict", "ResumeMismatchError"]

@@ -11,17 +11,17 @@ import argparse
 import time
 from pathlib import Path
 
-DEFAULT_CHECKPOINT = Path(__file__).resolve().parents[1] / "assets" / "models" / "tiny-pepd"
+from ..paths import TINY_STUDENT_DIR as DEFAULT_CHECKPOINT
 
 
 def _run_generate(args) -> int:
     import numpy as np
     import torch
 
-    from .exports import save_png, save_turntable, views_grid
-    from .generate import Generator, prepare_image, slerp, write_sample, write_summary
-    from .ply import save_ply
-    from .world import orbit_views, to_uint8
+    from ..exports import save_png, save_turntable, views_grid
+    from ..generate import Generator, prepare_image, slerp, write_sample, write_summary
+    from ..ply import save_ply
+    from ..render.views import orbit_views, to_uint8
 
     if args.num_samples < 1 or args.interp_steps < 2:
         raise ValueError("--num-samples must be >= 1 and --interp-steps >= 2")

@@ -25,7 +25,7 @@ from typing import Any, Iterable, Iterator, Mapping
 import numpy as np
 from PIL import Image
 
-from .io import atomic_directory, atomic_write_json, sha256_file
+from ..io import atomic_directory, atomic_write_json, sha256_file, stable_hash
 
 MANIFEST = "manifest.json"
 SHARD_PATTERN = "shard-{:06d}.tar"
@@ -147,6 +147,12 @@ def write_shards(
         }
         atomic_write_json(tmp / MANIFEST, manifest)
     return ShardSetSummary(out_dir, manifest)
+
+
+def content_hash(summary_or_manifest: ShardSetSummary | dict) -> str:
+    """Hash of a shard set's shard sha256s: its identity (the stages' ``DataVersion``)."""
+    m = summary_or_manifest.manifest if isinstance(summary_or_manifest, ShardSetSummary) else summary_or_manifest
+    return stable_hash([f["sha256"] for f in m.get("files", [])])
 
 
 def read_manifest(directory: str | Path) -> dict:

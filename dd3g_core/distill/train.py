@@ -1,7 +1,7 @@
 """Distil a multi-view teacher into PEPD (DESIGN §1) with Accelerate.
 
-    accelerate launch [--multi_gpu --num_processes N] -m dd3g_core.train --config assets/configs/distill_tiny.json \
-        [--set key=value ...]
+    accelerate launch [--multi_gpu --num_processes N] -m dd3g_core.distill.train \
+        (--preset tiny|smoke|full | --config run.json) [--set key=value ...]
 
 Reads top to bottom:
 
@@ -31,15 +31,16 @@ from typing import Any, Protocol
 
 import torch
 
-from .io import atomic_write_json
+from ..io import atomic_write_json
 from .losses import (
     NonFiniteLossError, alpha_from_background, explicit_supervision_loss, implicit_verification_loss, ramp_weight,
     sample_timesteps,
 )
-from .model import PEPD, PEPDConfig
-from .render import render
-from .train_config import DistillConfig, load_config
-from .train_state import latest_checkpoint, load_checkpoint, save_checkpoint
+from ..model import PEPD, PEPDConfig
+from ..render import render
+from ..trajectories.sample import to_batch
+from .config import DistillConfig, load_config
+from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 
 __all__ = ["main", "train", "build_student", "compute_losses"]
 
@@ -57,19 +58,6 @@ def build_student(cfg: DistillConfig, teacher) -> PEPD:
     if cfg.init == "teacher":
         model.init_from_teacher(teacher.unet)
     return model
-
-
-def batch_to(batch: dict, device) -> dict[str, Any]:
-    """Tensors of a collated trajectory batch on ``device`` (see ``dd3g_core.trajectories`` for fields)."""
-    return {
-        "keys": list(batch["__key__"]),
-        "image": batch["input.png"].permute(0, 3, 1, 2).contiguous().to(device),  # [B, 4, H, W] uint8
-        "noise": batch["noise.npy"].float().to(device),  # [B, V+1, C, h, w]
-        "cameras": batch["cameras.npy"].float().to(device),  # [B, V+1, 16]
-        "viewmats": batch["viewmats.npy"].float().to(device),  # [B, V, 4, 4]
-        "Ks": batch["ks.npy"].float().to(device),  # [B, V, 3, 3]
-        "views": batch["views.npy"].float().to(device),  # [B, V, 3, H, W] OI
-    }
 
 
 def compute_losses(model, teacher, b: dict[str, Any], cfg: DistillConfig, step: int, micro: int,
@@ -154,8 +142,8 @@ def train(cfg: DistillConfig, reporter: Reporter | None = None) -> dict[str, Any
     from accelerate.utils import set_seed
     from diffusers.training_utils import EMAModel
 
-    from .shard_reader import make_train_loader, read_skip_log
-    from .teacher.loading import load_teacher
+    from ..shards.reader import make_train_loader, read_skip_log
+    from ..teacher.loading import load_teacher
 
     if not cfg.trajectories or not cfg.out:
         raise ValueError("config needs `trajectories` (teacher_trajectories dir) and `out` (run dir)")
@@ -218,7 +206,7 @@ def train(cfg: DistillConfig, reporter: Reporter | None = None) -> dict[str, Any
         except StopIteration:
             data = iter(loader)
             continue
-        b = batch_to(raw, accelerator.device)
+        b = to_batch(raw, accelerator.device)
         with accelerator.accumulate(model):
             losses = compute_losses(model, teacher, b, cfg, step, micro, generator, perceptual)
             finite = torch.tensor(float(bool(torch.isfinite(losses["total"]).item())), device=accelerator.device)
@@ -274,9 +262,9 @@ def train(cfg: DistillConfig, reporter: Reporter | None = None) -> dict[str, Any
 
 
 def _export(accelerator, model, ema, cfg, out: Path, record, step, read_skip_log) -> dict[str, Any]:
-    from .io import sha256_file
-    from .teacher.interface import state_dict_digest
-    from .train_state import ema_state_dict
+    from ..io import sha256_file
+    from ..weights import state_dict_digest
+    from .checkpoint import ema_state_dict
 
     unwrapped = accelerator.unwrap_model(model)
     digest = state_dict_digest([unwrapped])  # ranks compare these: DDP must keep them identical
@@ -310,9 +298,9 @@ def _export(accelerator, model, ema, cfg, out: Path, record, step, read_skip_log
 
 
 def main(argv: list[str] | None = None, reporter: Reporter | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m dd3g_core.train", description=__doc__.split("\n\n")[0])
-    p.add_argument("--config", help="JSON run config (assets/configs/distill_*.json)")
-    p.add_argument("--preset", help="start from a named preset instead of a file (tiny, smoke, full)")
+    p = argparse.ArgumentParser(prog="python -m dd3g_core.distill.train", description=__doc__.split("\n\n")[0])
+    p.add_argument("--config", help="JSON run config: DistillConfig fields, optionally a \"preset\" to start from")
+    p.add_argument("--preset", help="a profile's distill settings instead of a file (tiny, smoke, full, or a profile file)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field")
     args = p.parse_args(argv)
     cfg = load_config(args.config, args.preset, args.set)

@@ -51,14 +51,14 @@ from typing import Any, Callable, Mapping
 
 import torch
 
-from . import sampler as ddim
+from .. import sampler as ddim
 from .checkpoint import (
     CKPT_DIR, _gen_state_from_str, _load_optimizer, _truncate_log, checkpoint_step, export_teacher,
     latest_checkpoint, save_checkpoint,
 )
-from .config import MultiViewUNetConfig
+from ..config import MultiViewUNetConfig
 from .data import MultiViewDataset, RenderSpec, generate_cache
-from .tiny import TinyTeacher
+from ..tiny import TinyTeacher
 
 __all__ = ["TeacherTrainConfig", "TRAIN_PRESETS", "pretrain_tiny_teacher", "export_teacher", "latest_checkpoint",
            "TrainResult", "checkpoint_step"]
@@ -172,7 +172,7 @@ def build_teacher(config: TeacherTrainConfig) -> TinyTeacher:
         zero_init_residuals(teacher)
     if config.init_from:
         from .grow import grow_unet
-        from .tiny import default_tiny_teacher_path
+        from ..tiny import default_tiny_teacher_path
 
         src = TinyTeacher.from_pretrained(default_tiny_teacher_path() if config.init_from == "shipped"
                                           else config.init_from)
@@ -190,8 +190,8 @@ def build_teacher(config: TeacherTrainConfig) -> TinyTeacher:
 
 def zero_init_residuals(teacher: TinyTeacher) -> None:
     """Zero the last conv of every ResBlock, every transformer ``proj_out`` and the output conv."""
-    from .attention import SpatialTransformer3D
-    from .blocks import ResBlock
+    from ..attention import SpatialTransformer3D
+    from ..blocks import ResBlock
 
     with torch.no_grad():
         for m in teacher.unet.modules():
@@ -375,11 +375,3 @@ def pretrain_tiny_teacher(
     if export_to is not None and last_ckpt is not None:
         exported = export_teacher(last_ckpt, export_to)
     return TrainResult(out, step, last_ckpt, losses, train_time, exported)
-
-
-if __name__ == "__main__":  # pragma: no cover - convenience: python -m dd3g_core.teacher.train OUT
-    import sys
-
-    os.environ.setdefault("OMP_NUM_THREADS", "2")
-    res = pretrain_tiny_teacher("tiny", sys.argv[1] if len(sys.argv) > 1 else "teacher_run")
-    print(res.step, res.checkpoint)

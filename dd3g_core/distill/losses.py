@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .teacher import sampler as ddim
+from ..teacher import sampler as ddim
 
 __all__ = [
     "alpha_from_background", "explicit_supervision_loss", "implicit_verification_loss", "ramp_weight",

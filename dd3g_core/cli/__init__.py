@@ -72,7 +72,7 @@ def _add_view_options(p: argparse.ArgumentParser, resolution: int) -> None:
 
 
 def _load(path: str):
-    from .ply import load_ply
+    from ..ply import load_ply
 
     return load_ply(path)
 
@@ -81,7 +81,7 @@ def _load(path: str):
 
 
 def _run_turntable(args) -> int:
-    from .exports import _turntable_format, save_turntable
+    from ..exports import _turntable_format, save_turntable
 
     _turntable_format(args.output)  # refuse a bad extension before loading or rendering
     g = _load(args.model)
@@ -105,7 +105,7 @@ def _add_turntable(sub) -> None:
 
 
 def _run_grid(args) -> int:
-    from .exports import save_views_grid
+    from ..exports import save_views_grid
 
     if Path(args.output).suffix.lower() != ".png":
         raise CLIError(f"grid output must end in .png, got {args.output!r}")
@@ -130,8 +130,8 @@ def _add_grid(sub) -> None:
 
 
 def _run_world_sample(args) -> int:
-    from .ply import save_ply
-    from .world import sample_object
+    from ..ply import save_ply
+    from ..world import sample_object
 
     if Path(args.output).suffix.lower() != ".ply":
         raise CLIError(f"world sample writes a .ply file, got {args.output!r}")
@@ -141,7 +141,7 @@ def _run_world_sample(args) -> int:
     save_ply(g, args.output)
     print(args.output)
     if args.preview is not None:
-        from .exports import save_views_grid
+        from ..exports import save_views_grid
 
         save_views_grid(g, args.preview, resolution=args.resolution, elevation_deg=args.elevation,
                         background=args.background, backend=args.backend)
@@ -150,7 +150,7 @@ def _run_world_sample(args) -> int:
 
 
 def _run_world_spec(args) -> int:
-    from .world import object_spec
+    from ..world import object_spec
 
     print(_format_json(object_spec(args.seed)))
     return 0
@@ -182,7 +182,7 @@ def _add_world(sub) -> None:
 
 
 def _run_teacher_pretrain(args) -> int:
-    from .teacher.train import TeacherTrainConfig, pretrain_tiny_teacher
+    from ..teacher.training.train import TeacherTrainConfig, pretrain_tiny_teacher
 
     changes = {}
     if args.data_dir is not None:
@@ -202,7 +202,7 @@ def _run_teacher_pretrain(args) -> int:
 
 
 def _run_teacher_recipe(args) -> int:
-    from .teacher.recipe import train_teacher_recipe
+    from ..teacher.training.recipe import train_teacher_recipe
 
     res = train_teacher_recipe(args.recipe, args.out, resume=args.resume)
     print(json.dumps({"out": str(args.out), "step": res.step, "checkpoint": str(res.checkpoint),
@@ -211,7 +211,7 @@ def _run_teacher_recipe(args) -> int:
 
 
 def _run_teacher_export(args) -> int:
-    from .teacher.train import export_teacher
+    from ..teacher.training.train import export_teacher
 
     print(export_teacher(args.checkpoint, args.out, use_ema=not args.raw))
     return 0
@@ -260,7 +260,7 @@ COMMANDS["teacher"] = _add_teacher
 
 
 def _add_generate(sub) -> None:
-    from .cli_generate import add_generate
+    from .generate import add_generate
 
     add_generate(sub)
 

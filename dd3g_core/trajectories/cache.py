@@ -8,23 +8,10 @@ Output, one partition per upstream shard::
 
     <data_root>/teacher_trajectories/<version>/shard-{index:05d}/shard-000000.tar ... manifest.json
 
-``version`` hashes this module's ``CODE_VERSION``, the resolved :class:`TrajectoryCacheConfig`,
-``teacher.config_hash()`` (config + weights) and the upstream ``rgba_images`` version.
+``version``: :func:`dd3g_core.trajectories.config.stage_version` (code version, resolved
+:class:`TrajectoryCacheConfig`, ``teacher.config_hash()`` = config + weights, upstream ``rgba_images`` version).
 
-Per sample (key ``<rgba key>_d<draw:02d>``), all arrays saved with ``allow_pickle=False``:
-
-=================  ========================================  ==================================
-field              content                                   dtype / shape
-=================  ========================================  ==================================
-``input.png``      II, the RGBA image exactly as upstream     uint8 [H, W, 4]
-``noise.npy``      N, the initial DDIM state, all slots       float32 [V+1, C, h, w]
-``cameras.npy``    C, the U-Net camera embedding              float32 [V+1, 16] (last row zeros)
-``viewmats.npy``   render cameras of the V views (gsplat)     float32 [V, 4, 4] world -> camera
-``ks.npy``         their intrinsics Ks (pixels, at OI size)  float32 [V, 3, 3]
-``views.npy``      OI, the decoded output views in [0, 1]     ``store_dtype`` [V, 3, H, W]
-``xt.npy``         x before DDIM step i, i in ``xt_steps``    ``store_dtype`` [S, V+1, C, h, w]
-``json``           record (below)
-=================  ========================================  ==================================
+Per sample (key ``<rgba key>_d<draw:02d>``): the fields of :mod:`dd3g_core.trajectories.sample`.
 
 ``store_dtype`` is float32 in the tiny/smoke presets (OI reproduces bit-exactly, see below) and
 float16 in ``full`` (256² latents: a float32 cache of 120k x K samples is too large; float16
@@ -51,127 +38,27 @@ input only rejects itself.
 
 from __future__ import annotations
 
-import hashlib
 import time
-from dataclasses import asdict, dataclass, replace
-from pathlib import Path
 from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
 import torch
 
-from .io import stable_hash
-from .shard_reader import SampleDecodeError, SkipRecorder, decode_image
-from .shards import ShardSetSummary, ShardValidationError, read_manifest, validate_shards, write_shards
+from ..shards import ShardSetSummary, ShardValidationError, validate_shards, write_shards
+from ..shards.reader import SampleDecodeError, SkipRecorder, decode_image
+from . import sample as S
+from .config import (
+    CODE_VERSION, STAGE, STORE_DTYPES, TrajectoryCacheConfig, content_hash, noise_seed, shard_dir, stage_version,
+    upstream_version,
+)
 
-STAGE = "teacher_trajectories"
-CODE_VERSION = "1"  # bump when the content of a cached sample changes for the same config + teacher
 IMAGE_FIELD_CANDIDATES = ("rgba.png", "png", "input.png", "rgba.webp", "jpg")
 MIN_IMAGE_SIZE = 8
-STORE_DTYPES = {"float32": np.float32, "float16": np.float16}
 
-__all__ = [
-    "TrajectoryCacheConfig", "PRESETS", "STAGE", "CODE_VERSION", "stage_version", "stage_dir", "shard_dir",
-    "cache_shard", "noise_seed", "content_hash", "upstream_version", "load_sample", "reproduce_views",
-]
-
-
-@dataclass(frozen=True)
-class TrajectoryCacheConfig:
-    """How the teacher's trajectories are cached (see the module doc).
-
-    ``steps``/``guidance`` None = the teacher's ``default_steps``/``default_guidance`` (resolved
-    values are recorded per sample; the version covers them through ``teacher.config_hash()``).
-    ``record_steps``: DDIM step indices i whose input state x_i is kept (0 = the noise itself,
-    must be < steps). ``batch_size``: (image, draw) pairs per ``teacher.sample`` call.
-    ``samples_per_shard``: samples per tar file of the output shard set. ``seed``: mixed into
-    every noise seed (another seed = another set of draws).
-    """
-
-    num_noise_draws: int = 4
-    steps: int | None = 25
-    guidance: float | None = None
-    record_steps: tuple[int, ...] = (5, 10, 15, 20)
-    batch_size: int = 16
-    samples_per_shard: int = 256
-    seed: int = 0
-    store_dtype: str = "float32"
-
-    def __post_init__(self) -> None:
-        if self.num_noise_draws < 1:
-            raise ValueError("num_noise_draws must be >= 1")
-        if self.steps is not None and self.steps < 1:
-            raise ValueError("steps must be >= 1")
-        if self.batch_size < 1 or self.samples_per_shard < 1:
-            raise ValueError("batch_size and samples_per_shard must be >= 1")
-        if self.store_dtype not in STORE_DTYPES:
-            raise ValueError(f"store_dtype must be one of {sorted(STORE_DTYPES)}, got {self.store_dtype!r}")
-        rs = tuple(int(i) for i in self.record_steps)
-        if list(rs) != sorted(set(rs)) or any(i < 0 for i in rs):
-            raise ValueError(f"record_steps must be increasing, distinct and >= 0, got {self.record_steps}")
-        if self.steps is not None and rs and rs[-1] >= self.steps:
-            raise ValueError(f"record_steps {rs} must be < steps={self.steps}")
-        object.__setattr__(self, "record_steps", rs)
-
-    def resolved(self, teacher) -> "TrajectoryCacheConfig":
-        steps = teacher.default_steps if self.steps is None else self.steps
-        guidance = teacher.default_guidance if self.guidance is None else self.guidance
-        if self.record_steps and self.record_steps[-1] >= steps:
-            raise ValueError(f"record_steps {self.record_steps} must be < the teacher's {steps} steps")
-        return replace(self, steps=int(steps), guidance=float(guidance))
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["record_steps"] = list(self.record_steps)
-        return d
-
-
-PRESETS: dict[str, TrajectoryCacheConfig] = {
-    "tiny": TrajectoryCacheConfig(),
-    # seconds, for tests: CFG on (guidance 2) so the guided path is exercised
-    "smoke": TrajectoryCacheConfig(num_noise_draws=2, steps=3, guidance=2.0, record_steps=(1,), batch_size=4,
-                                   samples_per_shard=4),
-    "full": TrajectoryCacheConfig(num_noise_draws=4, steps=50, guidance=5.0, record_steps=(10, 20, 30, 40),
-                                  batch_size=8, samples_per_shard=64, store_dtype="float16"),
-}
-
-
-# ------------------------------------------------------------------------------------ versions
-
-
-def content_hash(summary_or_manifest: ShardSetSummary | dict) -> str:
-    """Hash of a shard set's shard sha256s (its ``DataVersion``)."""
-    m = summary_or_manifest.manifest if isinstance(summary_or_manifest, ShardSetSummary) else summary_or_manifest
-    return stable_hash([f["sha256"] for f in m.get("files", [])])
-
-
-def upstream_version(rgba_shard_dir: str | Path, manifest: dict | None = None) -> str:
-    """The ``rgba_images`` version of a shard dir: its manifest's ``stage_version`` if recorded,
-    else the name of its parent (``rgba_images/<version>/shard-NNNNN``)."""
-    manifest = read_manifest(rgba_shard_dir) if manifest is None else manifest
-    return str(manifest.get("stage_version") or manifest.get("version") or Path(rgba_shard_dir).resolve().parent.name)
-
-
-def stage_version(config: TrajectoryCacheConfig, teacher_config_hash: str, rgba_version: str) -> str:
-    return stable_hash({"stage": STAGE, "code_version": CODE_VERSION, "config": config.to_dict(),
-                        "teacher": teacher_config_hash, "upstream": {"rgba_images": rgba_version}})
-
-
-def stage_dir(data_root: str | Path, config: TrajectoryCacheConfig, teacher_config_hash: str,
-              rgba_version: str) -> Path:
-    return Path(data_root) / STAGE / stage_version(config, teacher_config_hash, rgba_version)
-
-
-def shard_dir(data_root: str | Path, config: TrajectoryCacheConfig, teacher_config_hash: str,
-              rgba_version: str, shard_index: int) -> Path:
-    return stage_dir(data_root, config, teacher_config_hash, rgba_version) / f"shard-{int(shard_index):05d}"
-
-
-def noise_seed(rgba_key: str, draw: int, base_seed: int = 0) -> int:
-    """63-bit seed of noise draw ``draw`` for image ``rgba_key`` (independent of batch/shard layout)."""
-    digest = hashlib.sha256(f"{base_seed}/{rgba_key}/{int(draw)}".encode()).digest()
-    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+__all__ = ["cache_shard", "load_sample", "reproduce_views"]
 
 
 # ------------------------------------------------------------------------------------- caching
@@ -323,15 +210,11 @@ def cache_shard(
                         rejects.append({"key": it.key, "rgba_key": it.rgba_key, "draw": it.draw, "stage": "teacher",
                                         "reason": "non-finite teacher output (NaN/Inf in OI, final latents or x_t)"})
                         continue
-                    rec = {
-                        "__key__": it.key,
-                        "input.png": it.image,
-                        "noise.npy": noise[j].cpu().numpy().astype(np.float32),
-                        "cameras.npy": emb, "viewmats.npy": viewmats, "ks.npy": Ks,
-                        "views.npy": _to_np(views, store),
-                        "xt.npy": (_to_np(xt[j], store) if xt is not None
-                                   else np.zeros((0, *noise.shape[1:]), store)),
-                        "json": {
+                    yield S.make_sample(
+                        it.key, it.image, noise[j].cpu().numpy().astype(np.float32), emb, viewmats, Ks,
+                        _to_np(views, store),
+                        _to_np(xt[j], store) if xt is not None else np.zeros((0, *noise.shape[1:]), store),
+                        {
                             "teacher_id": teacher.teacher_id, "teacher_config_hash": t_hash,
                             "prediction_type": teacher.prediction_type, "scheduler": sched,
                             "steps": cfg.steps, "guidance": cfg.guidance, "eta": 0.0, "timesteps": timesteps,
@@ -345,8 +228,7 @@ def cache_shard(
                             "torch_threads": threads, "store_dtype": cfg.store_dtype,
                             "views_shape": list(views.shape),
                         },
-                    }
-                    yield rec
+                    )
 
     t0 = time.perf_counter()
     summary = write_shards(samples(), out, samples_per_shard=cfg.samples_per_shard, config=cfg.to_dict(),
@@ -377,7 +259,7 @@ class _Lazy(Mapping):
 
 def load_sample(shard_set_dir: str | Path, key: str) -> dict:
     """One decoded cached sample by key (validates the shard set; linear scan: for tests/inspection)."""
-    from .shards import iter_samples
+    from ..shards import iter_samples
 
     for s in iter_samples(shard_set_dir):
         if s["__key__"] == key:
@@ -387,9 +269,9 @@ def load_sample(shard_set_dir: str | Path, key: str) -> dict:
 
 def reproduce_views(teacher, samples: list[dict]) -> torch.Tensor:  # -> OI [B, V, 3, H, W] float32
     """Re-run the teacher on the cached (N, C, II) of ``samples`` (decoded records, one batch)."""
-    rec = samples[0]["json"]
-    images = torch.from_numpy(np.stack([s["input.png"] for s in samples])).permute(0, 3, 1, 2).contiguous()
-    noise = torch.from_numpy(np.stack([s["noise.npy"] for s in samples]))
-    emb = torch.from_numpy(np.asarray(samples[0]["cameras.npy"]))
+    rec = samples[0][S.RECORD]
+    images = torch.from_numpy(np.stack([s[S.INPUT] for s in samples])).permute(0, 3, 1, 2).contiguous()
+    noise = torch.from_numpy(np.stack([s[S.NOISE] for s in samples]))
+    emb = torch.from_numpy(np.asarray(samples[0][S.CAMERAS]))
     out = teacher.sample(images, noise, cameras=emb, steps=rec["steps"], guidance=rec["guidance"])
     return out.images.float().cpu()

@@ -1,0 +1,226 @@
+"""The profile table: what ``tiny``, ``smoke`` and ``full`` mean, for every stage, in one place.
+
+A profile is the settings of the whole recipe for one kind of machine:
+
+=========  ==========================================================================================
+``tiny``   the embedded default on a laptop CPU: procedural objects on a colour key, the shipped tiny
+           teacher (pixel space), the tiny PEPD, the project's CPU rasterizer (~25 min on 2 cores)
+``smoke``  seconds, for tests and CI: the same classes at toy sizes; the teacher is always trained
+           by the seconds-long ``smoke`` recipe, so nothing depends on shipped weights
+``full``   GPUs and real weights: SDXL + rembg from local files, ImageDream from a local folder,
+           the full PEPD (65,536 Gaussians), bf16, gsplat on CUDA
+=========  ==========================================================================================
+
+Each :class:`Profile` holds one settings object per stage: ``rgba`` (:class:`RGBASynthesisConfig`),
+``trajectories`` (:class:`TrajectoryCacheConfig`), ``teacher`` (:class:`TeacherSettings`),
+``distill`` (:class:`DistillConfig`) and ``evaluation`` (:class:`EvaluationSettings`). The Dagster
+pipeline reads it once (``pipelines.resources``); ``python -m dd3g_core.distill.train --preset NAME``
+takes the profile's ``distill`` settings.
+
+``DD3G_PROFILE`` (or :func:`get_profile`) takes a name or the path of a JSON *profile file* that
+changes fields of a named profile, stage by stage, for instance a full profile with a cluster's own
+sizes, or the small full profile the tests run on CPU::
+
+    {"base": "full",
+     "rgba": {"num_shards": 4, "samples_per_shard": 250},
+     "trajectories": {"batch_size": 16},
+     "teacher": {"path": "/models/imagedream-ipmv-diffusers"},
+     "distill": {"steps": 20000, "model_overrides": {"depth": 8}},
+     "evaluation": {"heldout_objects": 32}}
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Mapping
+
+from .distill.config import DistillConfig
+from .paths import TINY_TEACHER_DIR
+from .synthesis.config import QualityFilters, RGBASynthesisConfig
+from .trajectories.config import TrajectoryCacheConfig
+
+__all__ = [
+    "Profile", "TeacherSettings", "EvaluationSettings", "PROFILES", "PROFILE_ENV", "TEACHER_PATH_ENV",
+    "get_profile", "profile_names",
+]
+
+PROFILE_ENV = "DD3G_PROFILE"
+TEACHER_PATH_ENV = "DD3G_TEACHER_PATH"
+STAGES = ("rgba", "trajectories", "teacher", "distill", "evaluation")
+
+
+@dataclass(frozen=True)
+class TeacherSettings:
+    """Where the ``teacher`` asset gets the teacher from.
+
+    ``kind``: ``tiny`` (a ``TinyTeacher`` folder) or ``imagedream`` (a local diffusers folder of
+    ImageDream ipmv). ``path``: a folder used as is (tiny: the shipped checkpoint); ``None`` in
+    ``full`` means it must be given (``$DD3G_TEACHER_PATH``, the settings resource's
+    ``teacher_path`` or a profile file's ``teacher.path``). ``recipe``: the ``dd3g teacher recipe``
+    that (re)makes a tiny teacher: run when asked to retrain, and always when there is no ``path``.
+    ``device``: ``auto`` = the first CUDA device when there is one, else the CPU.
+    """
+
+    kind: Literal["tiny", "imagedream"] = "tiny"
+    path: str | None = None
+    recipe: str | None = None
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("tiny", "imagedream"):
+            raise ValueError(f"teacher kind must be 'tiny' or 'imagedream', got {self.kind!r}")
+        if self.kind == "imagedream" and self.recipe:
+            raise ValueError("an ImageDream teacher is not trained here: leave teacher.recipe empty in the full profile")
+        if self.kind == "tiny" and not self.path and not self.recipe:
+            raise ValueError("a tiny teacher needs a folder (teacher.path) or a recipe to train it (teacher.recipe)")
+
+
+@dataclass(frozen=True)
+class EvaluationSettings:
+    """How a distilled student is scored: ``heldout_objects`` procedural objects of the held-out split,
+    ``draws`` noise draws each (the student checks of the ``pepd_student`` asset)."""
+
+    heldout_objects: int = 8
+    draws: int = 1
+
+    def __post_init__(self) -> None:
+        if self.heldout_objects < 1 or self.draws < 1:
+            raise ValueError("evaluation.heldout_objects and evaluation.draws must be >= 1")
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    description: str
+    rgba: RGBASynthesisConfig
+    trajectories: TrajectoryCacheConfig
+    teacher: TeacherSettings
+    distill: DistillConfig
+    evaluation: EvaluationSettings = field(default_factory=EvaluationSettings)
+
+    @property
+    def num_shards(self) -> int:
+        """Shards of ``rgba_images`` = partitions of both shard stages."""
+        return int(self.rgba.num_shards)
+
+    def shard_partition_keys(self) -> list[str]:
+        return [f"{i:05d}" for i in range(self.num_shards)]
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able, for run metadata and reports."""
+        out = {"name": self.name}
+        for stage in STAGES:
+            value = getattr(self, stage)
+            out[stage] = value.to_dict() if hasattr(value, "to_dict") else dataclasses.asdict(value)
+        return json.loads(json.dumps(out, default=str))
+
+
+PROFILES: dict[str, Profile] = {
+    "tiny": Profile(
+        name="tiny",
+        description="embedded CPU default: procedural world, shipped tiny teacher, tiny PEPD (~25 min on 2 cores)",
+        # procedural objects on a colour key, 8 shards x 32 samples at 64 px
+        rgba=RGBASynthesisConfig(),
+        # 4 noise draws per image, the teacher's 25 DDIM steps, x_t kept at steps 5/10/15/20
+        trajectories=TrajectoryCacheConfig(),
+        teacher=TeacherSettings(kind="tiny", path=str(TINY_TEACHER_DIR), recipe="shipped"),
+        # 1500 steps x batch 8 (docs/student.md)
+        distill=DistillConfig(),
+        evaluation=EvaluationSettings(heldout_objects=8),
+    ),
+    "smoke": Profile(
+        name="smoke",
+        description="seconds, for tests and CI: toy sizes, a teacher trained by the smoke recipe",
+        rgba=RGBASynthesisConfig(resolution=32, render_resolution=64, num_gaussians=800, samples_per_shard=4,
+                                 num_shards=2),
+        # CFG on (guidance 2) so the guided path is exercised
+        trajectories=TrajectoryCacheConfig(num_noise_draws=2, steps=3, guidance=2.0, record_steps=(1,),
+                                           batch_size=4, samples_per_shard=4),
+        teacher=TeacherSettings(kind="tiny", path=None, recipe="smoke"),
+        distill=DistillConfig(steps=6, batch_size=2, warmup_steps=1, checkpoint_every=2, log_every=1,
+                              implicit_ramp=(2, 4), implicit_every=1, num_workers=0, shuffle_buffer=8),
+        evaluation=EvaluationSettings(heldout_objects=8),
+    ),
+    "full": Profile(
+        name="full",
+        description="GPUs, real weights: SDXL + rembg, ImageDream, the full PEPD in bf16 with gsplat",
+        # SDXL + rembg at 256 px (paths from $DD3G_SDXL_PATH / $DD3G_REMBG_MODEL); 120 shards x 1000 = the
+        # paper's 120k images
+        rgba=RGBASynthesisConfig(
+            generator="sdxl", matting="rembg", resolution=256, samples_per_shard=1000, num_shards=120,
+            sdxl_steps=30, sdxl_guidance=5.0, sdxl_size=1024, sdxl_batch_size=4,
+            filters=QualityFilters(min_coverage=0.03, max_coverage=0.8, border_px=2),
+        ),
+        trajectories=TrajectoryCacheConfig(num_noise_draws=4, steps=50, guidance=5.0, record_steps=(10, 20, 30, 40),
+                                           batch_size=8, samples_per_shard=64, store_dtype="float16"),
+        teacher=TeacherSettings(kind="imagedream", path=None),
+        # per-GPU batch 4 x accumulation 4, bf16
+        distill=DistillConfig(model="full", steps=30000, batch_size=4, grad_accum=4, lr=1e-4, warmup_steps=1000,
+                              mixed_precision="bf16", ema_decay=0.9999, implicit_ramp=(5000, 15000),
+                              implicit_weight=0.05, implicit_every=1, implicit_guidance=5.0,
+                              implicit_azimuth_range=(0.0, 360.0), implicit_elevation_range=(-10.0, 20.0),
+                              num_workers=4, checkpoint_every=1000, log_every=50, keep_checkpoints=3),
+        evaluation=EvaluationSettings(heldout_objects=8),
+    ),
+}
+
+
+def profile_names() -> list[str]:
+    return list(PROFILES)
+
+
+def _changed(stage: str, base: Any, changes: Mapping[str, Any]) -> Any:
+    if not isinstance(changes, Mapping):
+        raise ValueError(f"profile file: {stage!r} must be an object of field changes, got {type(changes).__name__}")
+    if stage == "distill":
+        return DistillConfig.from_dict({**base.to_dict(), **changes})
+    known = {f.name for f in dataclasses.fields(base)}
+    unknown = sorted(set(changes) - known)
+    if unknown:
+        raise ValueError(f"profile file: unknown {stage} settings {unknown}; known: {sorted(known)}")
+    changes = dict(changes)
+    if stage == "rgba" and isinstance(changes.get("filters"), Mapping):
+        changes["filters"] = dataclasses.replace(base.filters, **changes["filters"])
+    if stage == "trajectories" and "record_steps" in changes:
+        changes["record_steps"] = tuple(changes["record_steps"])
+    return dataclasses.replace(base, **changes)
+
+
+def profile_from_dict(d: Mapping[str, Any], name: str | None = None) -> Profile:
+    """``{"base": NAME, "<stage>": {field: value, ...}, ...}`` -> the base profile with those changes."""
+    unknown = sorted(set(d) - {"base", "description", *STAGES})
+    if unknown:
+        raise ValueError(f"profile file: unknown keys {unknown}; expected 'base' and any of {list(STAGES)}")
+    base_name = d.get("base")
+    if base_name not in PROFILES:
+        raise ValueError(f"profile file: 'base' must name one of {profile_names()}, got {base_name!r}")
+    profile = PROFILES[base_name]
+    changes = {stage: _changed(stage, getattr(profile, stage), d[stage]) for stage in STAGES if stage in d}
+    return dataclasses.replace(profile, name=name or base_name, description=d.get("description", profile.description),
+                               **changes)
+
+
+def get_profile(spec: str | os.PathLike | None = None) -> Profile:
+    """A profile by name, or from a profile file (a path ending in ``.json``); ``None``: ``$DD3G_PROFILE``
+    (default ``tiny``). A profile file's name is ``<base>:<file stem>``."""
+    spec = os.environ.get(PROFILE_ENV, "tiny") if spec is None else spec
+    text = str(spec)
+    if text in PROFILES:
+        return PROFILES[text]
+    if text.endswith(".json"):
+        path = Path(text).expanduser()
+        if not path.is_file():
+            raise FileNotFoundError(f"profile file {path} does not exist (${PROFILE_ENV} takes one of "
+                                    f"{profile_names()} or the path of a .json profile file)")
+        try:
+            d = json.loads(path.read_text())
+        except json.JSONDecodeError as e:
+            raise ValueError(f"profile file {path} is not valid JSON: {e}") from None
+        if not isinstance(d, Mapping):
+            raise ValueError(f"profile file {path} must hold a JSON object")
+        return profile_from_dict(d, name=f"{d.get('base')}:{path.stem}")
+    raise ValueError(f"unknown profile {text!r}: choose one of {profile_names()} or give a .json profile file")

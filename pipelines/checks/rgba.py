@@ -1,0 +1,64 @@
+"""Checks of ``rgba_images``, evaluated inside its materialization over the partitions of the run.
+
+``shards_match_manifest``: shards match the manifest (size, sha256), the samples read back equal its
+count, accepted + rejected = attempted. ``alpha_coverage_in_range``: every image's alpha coverage
+(share of pixels with alpha > 127) is within :data:`ALPHA_COVERAGE_RANGE`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import dagster as dg
+import numpy as np
+
+from dd3g_core.shards import ShardValidationError, iter_samples, validate_shards
+
+__all__ = ["ALPHA_COVERAGE_RANGE", "RGBA_CHECKS", "check_rgba_shard", "rgba_check_results"]
+
+ALPHA_COVERAGE_RANGE = (0.01, 0.9)
+
+RGBA_CHECKS = [
+    dg.AssetCheckSpec("shards_match_manifest", asset="rgba_images",
+                      description="Shards match the manifest (size, sha256) and the samples read back = its count."),
+    dg.AssetCheckSpec("alpha_coverage_in_range", asset="rgba_images",
+                      description=f"Every image's alpha coverage is within {ALPHA_COVERAGE_RANGE}."),
+]
+
+
+def check_rgba_shard(directory: Path) -> tuple[list[str], list[float]]:
+    """Problems found in one published rgba shard dir, and its images' alpha coverages."""
+    problems: list[str] = []
+    try:
+        summary = validate_shards(directory)
+    except ShardValidationError as e:
+        return [str(e)], []
+    coverages, count = [], 0
+    for s in iter_samples(directory, validate=False):
+        count += 1
+        coverages.append(float((s["rgba.png"][..., 3] > 127).mean()))
+    m = summary.manifest
+    if count != summary.num_samples or sum(f["samples"] for f in m["files"]) != count:
+        problems.append(f"{directory}: read {count} samples, manifest says {summary.num_samples}")
+    if "attempted" in m and m.get("accepted", count) + m.get("num_rejected", 0) != m["attempted"]:
+        problems.append(f"{directory}: accepted {m.get('accepted')} + rejected {m.get('num_rejected')} "
+                        f"!= attempted {m['attempted']}")
+    return problems, coverages
+
+
+def rgba_check_results(directories: list[Path]) -> list[dg.AssetCheckResult]:
+    problems, coverages = [], []
+    for d in directories:
+        p, cov = check_rgba_shard(d)
+        problems += p
+        coverages += cov
+    lo, hi = ALPHA_COVERAGE_RANGE
+    bad = [c for c in coverages if not lo <= c <= hi]
+    return [
+        dg.AssetCheckResult(check_name="shards_match_manifest", passed=not problems,
+                            metadata={"problems": dg.MetadataValue.json(problems[:20]), "samples": len(coverages)}),
+        dg.AssetCheckResult(check_name="alpha_coverage_in_range", passed=bool(coverages) and not bad,
+                            metadata={"min": float(min(coverages, default=np.nan)),
+                                      "max": float(max(coverages, default=np.nan)),
+                                      "out_of_range": len(bad), "range": list(ALPHA_COVERAGE_RANGE)}),
+    ]
