@@ -1,8 +1,12 @@
 # dd3g on a CUDA GPU node: gsplat's CUDA rasterizer, ImageDream teacher, multi-GPU Accelerate.
 #   docker build -t dd3g .
-#   docker run --gpus all -v /data:/data -v /weights:/weights -e DD3G_DATA_ROOT=/data -e DD3G_PROFILE=full dd3g \
+#   docker run --gpus all -v /data:/data -v /weights:/weights -e DD3G_DATA_ROOT=/data -e DD3G_PROFILE=full \
+#       -e DD3G_SDXL_PATH=/weights/sdxl -e DD3G_REMBG_MODEL=/weights/u2net.onnx \
+#       -e DD3G_TEACHER_PATH=/weights/imagedream-ipmv-diffusers dd3g \
 #       dagster job execute -m pipelines.definitions -j distill
-# Model weights are never downloaded at run time: mount them and point the configs at them.
+# Model weights are never downloaded at run time: mount them and point these variables at them (a missing
+# or partial ImageDream folder fails the `teacher` asset first, naming what is missing). DD3G_PROFILE may also
+# be a JSON profile file (dd3g_core/profiles.py) with your cluster's sizes.
 FROM nvidia/cuda:12.8.1-cudnn-devel-ubuntu22.04
 
 ENV DEBIAN_FRONTEND=noninteractive \

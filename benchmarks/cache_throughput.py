@@ -9,7 +9,7 @@
    hashing, writing). The teacher's share = time inside ``teacher.unet`` forwards (pre/post
    forward hooks, ``time.perf_counter``) / that wall time.
    ``BAR cache_teacher_share <share> 0.90 PASS|FAIL``.
-2. Reader: ``shard_reader.make_train_loader`` over the cached shard set with ``--workers`` DataLoader
+2. Reader: ``dd3g_core.shards.make_train_loader`` over the cached shard set with ``--workers`` DataLoader
    workers (resampled, shuffled, every field decoded, batches of 16), samples/s over
    ``--reader-samples`` samples per worker, worker start-up included. Training does not exist yet,
    so its consumption rate (the 10x bar of issue 4) cannot be measured in the same run: printed only.
@@ -93,8 +93,10 @@ def main() -> None:
         rcfg = dataclasses.replace(get_profile("tiny").rgba, samples_per_shard=args.images, num_shards=1)
         t0 = time.perf_counter()
         rgba, _ = synthesis.synthesize_shard(root, rcfg, 0)
-        print(f"rgba shard: {rgba.num_samples} images at {rcfg.resolution} px in {time.perf_counter() - t0:.1f} s "
-              f"(not part of the caching time)")
+        print(
+            f"rgba shard: {rgba.num_samples} images at {rcfg.resolution} px in {time.perf_counter() - t0:.1f} s "
+            f"(not part of the caching time)"
+        )
 
         timer = UNetTimer(teacher.unet)
         t0 = time.perf_counter()
@@ -104,20 +106,30 @@ def main() -> None:
         n = summary.num_samples
         share = timer.total / wall
         stats = summary.manifest["stats"]
-        print(f"cached {n} samples ({len(summary.manifest['rejects'])} rejects) in {wall:.2f} s: "
-              f"{n / wall:.3f} samples/s; {stats['batches']} teacher.sample calls "
-              f"({stats['teacher_seconds']:.2f} s), {timer.calls} U-Net forwards ({timer.total:.2f} s)")
+        print(
+            f"cached {n} samples ({len(summary.manifest['rejects'])} rejects) in {wall:.2f} s: "
+            f"{n / wall:.3f} samples/s; {stats['batches']} teacher.sample calls "
+            f"({stats['teacher_seconds']:.2f} s), {timer.calls} U-Net forwards ({timer.total:.2f} s)"
+        )
         print(f"METRIC cache_samples_per_s {n / wall:.4f}")
         print(f"BAR cache_teacher_share {share:.4f} 0.90 {'PASS' if share >= 0.90 else 'FAIL'}")
 
         per_worker = args.reader_samples
-        loader = make_train_loader(summary.directory, batch_size=16, num_workers=args.workers, shuffle_buffer=64,
-                                   epoch_samples=per_worker, seed=0)
+        loader = make_train_loader(
+            summary.directory,
+            batch_size=16,
+            num_workers=args.workers,
+            shuffle_buffer=64,
+            epoch_samples=per_worker,
+            seed=0,
+        )
         t0 = time.perf_counter()
         count = sum(len(b["__key__"]) for b in loader)
         rwall = time.perf_counter() - t0
-        print(f"reader: {count} samples with {args.workers} workers in {rwall:.2f} s (start-up included): "
-              f"{count / rwall:.1f} samples/s")
+        print(
+            f"reader: {count} samples with {args.workers} workers in {rwall:.2f} s (start-up included): "
+            f"{count / rwall:.1f} samples/s"
+        )
         print(f"METRIC reader_samples_per_s {count / rwall:.2f}")
         print("reader bar (>= 10x training consumption): not measurable yet, training does not exist")
 

@@ -36,8 +36,9 @@ from dd3g_core.synthesis import ColorKeyMatting, ProceduralGenerator, alpha_iou 
 
 def score(resolution: int, count: int, cfg, refine: bool = True) -> dict:
     gen = ProceduralGenerator(resolution=resolution, num_gaussians=cfg.num_gaussians, split="heldout")
-    matting = ColorKeyMatting(cfg.colorkey_low, cfg.colorkey_high, despill=cfg.despill,
-                              refine_radius=3.0 if refine else -1.0)
+    matting = ColorKeyMatting(
+        cfg.colorkey_low, cfg.colorkey_high, despill=cfg.despill, refine_radius=3.0 if refine else -1.0
+    )
     ious, edge_err, t_gen, t_mat = [], [], 0.0, 0.0
     for seed in range(count):
         t0 = time.perf_counter()
@@ -59,9 +60,11 @@ def score(resolution: int, count: int, cfg, refine: bool = True) -> dict:
 def report(name: str, r: dict) -> None:
     ious = r["ious"]
     p = np.percentile(ious, [1, 5, 25, 50])
-    print(f"{name:<28} n={len(ious)} mean={ious.mean():.4f} min={ious.min():.4f} p1={p[0]:.4f} p5={p[1]:.4f} "
-          f"p25={p[2]:.4f} median={p[3]:.4f} share>=0.9={np.mean(ious >= 0.9):.3f} "
-          f"edge|da|={r['edge_err']:.3f} matting {1000 * r['t_mat']:.1f} ms/img")
+    print(
+        f"{name:<28} n={len(ious)} mean={ious.mean():.4f} min={ious.min():.4f} p1={p[0]:.4f} p5={p[1]:.4f} "
+        f"p25={p[2]:.4f} median={p[3]:.4f} share>=0.9={np.mean(ious >= 0.9):.3f} "
+        f"edge|da|={r['edge_err']:.3f} matting {1000 * r['t_mat']:.1f} ms/img"
+    )
 
 
 def main() -> None:
@@ -73,8 +76,10 @@ def main() -> None:
     cfg = get_profile("tiny").rgba
     count = 40 if args.quick else args.count
     res = args.resolution or cfg.render_resolution
-    print(f"colour-key matting vs true alpha: {count} held-out procedural objects, {res} px, "
-          f"low={cfg.colorkey_low} high={cfg.colorkey_high} (load avg {os.getloadavg()[0]:.2f})")
+    print(
+        f"colour-key matting vs true alpha: {count} held-out procedural objects, {res} px, "
+        f"low={cfg.colorkey_low} high={cfg.colorkey_high} (load avg {os.getloadavg()[0]:.2f})"
+    )
     main_r = score(res, count, cfg)
     report(f"ColorKeyMatting @{res}", main_r)
     report(f"soft ramp only @{res}", score(res, count, cfg, refine=False))

@@ -51,18 +51,24 @@ def main(argv=None) -> int:
     m = evaluate_student(model, teacher, data, draws=a.draws)
     t_eval = time.perf_counter() - t0 - t_data
 
-    print(f"student {a.student}: {model.num_parameters()['total']:,} parameters, "
-          f"{model.config.num_gaussians} Gaussians, trained {meta.get('train_step')} steps")
-    print(f"{int(m['objects'])} held-out objects x {int(m['draws'])} noise draws "
-          f"(data {t_data:.0f} s, evaluation {t_eval:.0f} s)\n")
+    print(
+        f"student {a.student}: {model.num_parameters()['total']:,} parameters, "
+        f"{model.config.num_gaussians} Gaussians, trained {meta.get('train_step')} steps"
+    )
+    print(
+        f"{int(m['objects'])} held-out objects x {int(m['draws'])} noise draws "
+        f"(data {t_data:.0f} s, evaluation {t_eval:.0f} s)\n"
+    )
     print(f"{'PSNR dB':34s} {'all':>7s} {'seen':>7s} {'unseen':>7s}")
     for k in ("student_vs_teacher", "copy_input_vs_teacher", "teacher_vs_gt", "student_vs_gt", "copy_input_vs_gt"):
         print(f"{k:34s} {m[k]:7.2f} {m[k + '_seen']:7.2f} {m[k + '_unseen']:7.2f}")
     print(f"{'student_novel_vs_gt (az 45+90k, el 0)':34s} {m['student_novel_vs_gt_el0']:7.2f}")
     print(f"{'student_novel_vs_gt (layout az, el 20)':34s} {m['student_novel_vs_gt_el20']:7.2f}")
     print(f"{'student_novel_vs_gt (all novel)':34s} {m['student_novel_vs_gt']:7.2f}")
-    print(f"SSIM student vs teacher {m['student_vs_teacher_ssim']:.3f}, student novel vs GT "
-          f"{m['student_novel_vs_gt_ssim']:.3f}")
+    print(
+        f"SSIM student vs teacher {m['student_vs_teacher_ssim']:.3f}, student novel vs GT "
+        f"{m['student_novel_vs_gt_ssim']:.3f}"
+    )
     if "student_diversity" in m:
         print(f"diversity: PSNR between two noise draws of the student {m['student_diversity']:.2f} dB")
     if a.json:

@@ -53,12 +53,16 @@ def main(argv=None) -> int:
     model = PEPD.from_pretrained(a.student)
     cams = teacher.cameras()
     data = heldout_set(max(a.batch), teacher)
-    print(f"teacher: {teacher.teacher_id}, {teacher.default_steps} DDIM steps, guidance {teacher.default_guidance} "
-          f"({'CFG: 2 rows per forward' if teacher.default_guidance != 1 else 'no CFG'}); student: "
-          f"{model.num_parameters()['total']:,} parameters, {model.config.num_gaussians} Gaussians; "
-          f"{a.threads} thread(s)")
-    print(f"{'batch':>5s} {'teacher ms/img':>15s} {'student ms/img':>15s} {'speedup':>8s} {'Gaussians/s':>12s} "
-          f"{'render ms/img':>14s}")
+    print(
+        f"teacher: {teacher.teacher_id}, {teacher.default_steps} DDIM steps, guidance {teacher.default_guidance} "
+        f"({'CFG: 2 rows per forward' if teacher.default_guidance != 1 else 'no CFG'}); student: "
+        f"{model.num_parameters()['total']:,} parameters, {model.config.num_gaussians} Gaussians; "
+        f"{a.threads} thread(s)"
+    )
+    print(
+        f"{'batch':>5s} {'teacher ms/img':>15s} {'student ms/img':>15s} {'speedup':>8s} {'Gaussians/s':>12s} "
+        f"{'render ms/img':>14s}"
+    )
     bars = []
     with torch.no_grad():
         for b in a.batch:
@@ -76,11 +80,18 @@ def main(argv=None) -> int:
             bg = torch.ones(3)
             t_teacher = best_of(run_teacher, max(1, a.repeats // 2)) / b
             t_student = best_of(run_student, a.repeats) / b
-            t_render = best_of(lambda: render(g, cams.viewmats, cams.Ks, cams.resolution, cams.resolution,
-                                              background=bg), a.repeats) / b
+            t_render = (
+                best_of(
+                    lambda: render(g, cams.viewmats, cams.Ks, cams.resolution, cams.resolution, background=bg),
+                    a.repeats,
+                )
+                / b
+            )
             speedup = t_teacher / t_student
-            print(f"{b:5d} {t_teacher * 1e3:15.1f} {t_student * 1e3:15.2f} {speedup:8.1f} "
-                  f"{model.config.num_gaussians / t_student:12.0f} {t_render * 1e3:14.2f}")
+            print(
+                f"{b:5d} {t_teacher * 1e3:15.1f} {t_student * 1e3:15.2f} {speedup:8.1f} "
+                f"{model.config.num_gaussians / t_student:12.0f} {t_render * 1e3:14.2f}"
+            )
             bars.append((b, speedup))
     for b, s in bars:
         print(f"BAR speedup_batch{b} {s:.1f} 50 {'PASS' if s >= 50 else 'FAIL'}")

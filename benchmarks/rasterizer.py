@@ -140,8 +140,11 @@ def tiled_torch(
             vis = (radii[i] > 0).any(-1)
             lo, hi = means2d[i] - radii[i], means2d[i] + radii[i]  # [N, 2]
             overlap = (
-                vis[None] & (hi[None, :, 0] > tile_x0[:, None]) & (lo[None, :, 0] < tile_x0[:, None] + ts)
-                & (hi[None, :, 1] > tile_y0[:, None]) & (lo[None, :, 1] < tile_y0[:, None] + ts)
+                vis[None]
+                & (hi[None, :, 0] > tile_x0[:, None])
+                & (lo[None, :, 0] < tile_x0[:, None] + ts)
+                & (hi[None, :, 1] > tile_y0[:, None])
+                & (lo[None, :, 1] < tile_y0[:, None] + ts)
             )  # [T, N]
             k = max(1, min(K or int(overlap.sum(1).max()), N))
             key = torch.where(overlap, depths[i][None], torch.full_like(depths[i][None], torch.inf))
@@ -176,9 +179,10 @@ def timings(fn, repeats: int, warmup: bool = True) -> tuple[float, float]:  # (m
 
 
 def _status_mb(field: str) -> float:
-    for line in open("/proc/self/status"):
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) / 1024
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
     return float("nan")
 
 
@@ -214,14 +218,18 @@ def main() -> None:
     if opts.peak_memory_child:
         return peak_memory_child()
     t_start = time.perf_counter()
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} torch threads, {os.cpu_count()} CPUs, "
-          f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', '(unset)')}, load average {os.getloadavg()[0]:.2f} "
-          f"before starting")
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} torch threads, {os.cpu_count()} CPUs, "
+        f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', '(unset)')}, load average {os.getloadavg()[0]:.2f} "
+        f"before starting"
+    )
     fwd_bwd(rasterize_to_pixels_cpu, projected_inputs(make_scene(10), 16), 16)  # cached numba code loads here
     reps = 3 if opts.quick else 7
     rows, fit = {}, []
-    header = (f"{'gaussians':>9} {'images':>8} {'isects':>7} {'max K':>6} {'ours ms':>8} {'(min)':>6} {'render() ms':>11} "
-              f"{'torch ms':>9} {'speedup':>8} {'max|diff|':>9}")
+    header = (
+        f"{'gaussians':>9} {'images':>8} {'isects':>7} {'max K':>6} {'ours ms':>8} {'(min)':>6} {'render() ms':>11} "
+        f"{'torch ms':>9} {'speedup':>8} {'max|diff|':>9}"
+    )
     print(header + "\n" + "-" * len(header))
     for res in (64, 128):
         for n in (1000, 4000, 16000):
@@ -242,25 +250,36 @@ def main() -> None:
                 t_base = timings(lambda: fwd_bwd(tiled_torch, args, res), 3 if key else 1, warmup=key)[0]
                 diff = max_diff(fwd_bwd(rasterize_to_pixels_cpu, args, res), fwd_bwd(tiled_torch, args, res))
             rows[(n, res)] = (t_ours, t_base)
-            print(f"{n:>9} {'4x' + str(res) + '^2':>8} {isects:>7} {'exact' if run_base else '-':>6} "
-                  f"{t_ours * 1e3:>8.1f} {t_ours_min * 1e3:>6.1f} {t_render * 1e3:>11.1f} {t_base * 1e3:>9.0f} "
-                  f"{t_base / t_ours:>8.1f} {diff:>9.1e}", flush=True)
+            print(
+                f"{n:>9} {'4x' + str(res) + '^2':>8} {isects:>7} {'exact' if run_base else '-':>6} "
+                f"{t_ours * 1e3:>8.1f} {t_ours_min * 1e3:>6.1f} {t_render * 1e3:>11.1f} {t_base * 1e3:>9.0f} "
+                f"{t_base / t_ours:>8.1f} {diff:>9.1e}",
+                flush=True,
+            )
     # The same baseline truncated to the 256 nearest Gaussians per tile: faster, but wrong images.
     args = projected_inputs(make_scene(4000), 64)
     top256 = lambda *x: tiled_torch(*x, K=256)  # noqa: E731
     t_256 = timings(lambda: fwd_bwd(top256, args, 64), 3)[0]
     diff_256 = max_diff(fwd_bwd(rasterize_to_pixels_cpu, args, 64), fwd_bwd(top256, args, 64))
-    print(f"{4000:>9} {'4x64^2':>8} {'':>7} {256:>6} {rows[(4000, 64)][0] * 1e3:>8.1f} {'':>6} {'':>11} {t_256 * 1e3:>9.0f} "
-          f"{t_256 / rows[(4000, 64)][0]:>8.1f} {diff_256:>9.1e}   <- top-256 truncated baseline (not faithful)")
+    print(
+        f"{4000:>9} {'4x64^2':>8} {'':>7} {256:>6} {rows[(4000, 64)][0] * 1e3:>8.1f} {'':>6} {'':>11} "
+        f"{t_256 * 1e3:>9.0f} "
+        f"{t_256 / rows[(4000, 64)][0]:>8.1f} {diff_256:>9.1e}   <- top-256 truncated baseline (not faithful)"
+    )
 
-    child = subprocess.run([sys.executable, os.path.abspath(__file__), "--peak-memory-child"],
-                           capture_output=True, text=True, check=True)
+    child = subprocess.run(
+        [sys.executable, os.path.abspath(__file__), "--peak-memory-child"], capture_output=True, text=True, check=True
+    )
     mem = json.loads(child.stdout.strip().splitlines()[-1])
-    print(f"\npeak memory, ours at 4k / 4x64^2 (fwd+bwd, fresh process): {mem['peak_mb']:.0f} MB peak RSS of the whole "
-          f"process (torch + numba runtime included), +{mem['delta_mb']:.1f} MB above its RSS before rasterizing")
+    print(
+        f"\npeak memory, ours at 4k / 4x64^2 (fwd+bwd, fresh process): {mem['peak_mb']:.0f} MB peak RSS of the whole "
+        f"process (torch + numba runtime included), +{mem['delta_mb']:.1f} MB above its RSS before rasterizing"
+    )
     ex_n, ex_p = loglog_fit(*map(np.array, zip(*fit)))
-    print(f"fitted time ~ N^{ex_n:.2f} * pixels^{ex_p:.2f} (ours, fwd+bwd, log-log least squares over {len(fit)} runs, "
-          f"on the min of the repeats: bursts of load from other processes inflate single repeats)")
+    print(
+        f"fitted time ~ N^{ex_n:.2f} * pixels^{ex_p:.2f} (ours, fwd+bwd, log-log least squares over {len(fit)} runs, "
+        f"on the min of the repeats: bursts of load from other processes inflate single repeats)"
+    )
     print(f"benchmark wall time {time.perf_counter() - t_start:.0f} s, load average now {os.getloadavg()[0]:.2f}\n")
     speedup = rows[(4000, 64)][1] / rows[(4000, 64)][0]
     for name, value, target, ok in (

@@ -51,10 +51,10 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from dd3g_core.evaluation.metrics import psnr, ssim  # noqa: E402
-from dd3g_core.teacher import sampler as ddim  # noqa: E402
-from dd3g_core.teacher.training.data import RenderSpec, render_example  # noqa: E402
 from dd3g_core.images import prepare_images  # noqa: E402
+from dd3g_core.teacher import sampler as ddim  # noqa: E402
 from dd3g_core.teacher.tiny import TinyTeacher  # noqa: E402
+from dd3g_core.teacher.training.data import RenderSpec, render_example  # noqa: E402
 from dd3g_core.world import split_seeds  # noqa: E402
 
 
@@ -90,8 +90,11 @@ def main(argv=None) -> int:
     p.add_argument("--guidance", type=float, default=1.0)
     p.add_argument("--extra-guidance", type=float, default=2.0, help="also score one sample at this guidance (0: skip)")
     p.add_argument("--train-objects", type=int, default=1000)
-    p.add_argument("--train-data", default=os.environ.get("DD3G_TEACHER_DATA", "/work/teacher_run/data"),
-                   help="training cache to take the mean from (rendered if absent)")
+    p.add_argument(
+        "--train-data",
+        default=os.environ.get("DD3G_TEACHER_DATA", "teacher_recipe/data"),
+        help="training cache to take the mean from (rendered if absent)",
+    )
     p.add_argument("--batch", type=int, default=64, help="objects per U-Net batch")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--json", default=None, help="write all numbers here")
@@ -152,8 +155,11 @@ def main(argv=None) -> int:
                 sl = slice(s, s + a.batch)
                 cond = teacher.encode_condition(inputs[sl])
                 gen = torch.Generator("cpu").manual_seed(s)
-                outs.append(teacher.sample(cond, teacher.draw_noise(cond.batch_size, gen), steps=a.steps,
-                                           guidance=a.extra_guidance).images)
+                outs.append(
+                    teacher.sample(
+                        cond, teacher.draw_noise(cond.batch_size, gen), steps=a.steps, guidance=a.extra_guidance
+                    ).images
+                )
             extra = torch.cat(outs)
 
     stack = torch.stack(samples)  # [K, B, V, 3, H, W]
@@ -163,8 +169,10 @@ def main(argv=None) -> int:
         ps = torch.stack([psnr(x, gt) for x in pred_list])  # [K, B, V]
         ss = torch.stack([ssim(x, gt) for x in pred_list])
         rows[name] = {
-            "seen_psnr": ps[..., 0].mean().item(), "unseen_psnr": ps[..., 1:].mean().item(),
-            "seen_ssim": ss[..., 0].mean().item(), "unseen_ssim": ss[..., 1:].mean().item(),
+            "seen_psnr": ps[..., 0].mean().item(),
+            "unseen_psnr": ps[..., 1:].mean().item(),
+            "seen_ssim": ss[..., 0].mean().item(),
+            "unseen_ssim": ss[..., 1:].mean().item(),
             **{f"view{i}_psnr": ps[..., i].mean().item() for i in range(v)},
         }
 
@@ -179,16 +187,24 @@ def main(argv=None) -> int:
     diversity = stack[:, :, 1:].std(0).mean().item() if a.samples > 1 else 0.0
 
     print(f"teacher: {a.teacher}")
-    print(f"objects: {b} held-out seeds {seeds[0]}..{seeds[-1]}; {a.samples} samples x {a.steps} DDIM steps, "
-          f"guidance {a.guidance:g}; training mean over {a.train_objects} objects ({mean_src})")
-    print(f"time: data {t_data:.1f} s, {a.samples} sample passes {t_samples:.1f} s "
-          f"({b * a.samples / t_samples:.2f} samples/s at batch {min(a.batch, b)})")
-    hdr = f"{'contestant':32s} {'seen PSNR':>9s} {'unseen PSNR':>11s} {'seen SSIM':>9s} {'unseen SSIM':>11s}  " \
-          + " ".join(f"{'v' + str(i):>6s}" for i in range(v))
+    print(
+        f"objects: {b} held-out seeds {seeds[0]}..{seeds[-1]}; {a.samples} samples x {a.steps} DDIM steps, "
+        f"guidance {a.guidance:g}; training mean over {a.train_objects} objects ({mean_src})"
+    )
+    print(
+        f"time: data {t_data:.1f} s, {a.samples} sample passes {t_samples:.1f} s "
+        f"({b * a.samples / t_samples:.2f} samples/s at batch {min(a.batch, b)})"
+    )
+    hdr = (
+        f"{'contestant':32s} {'seen PSNR':>9s} {'unseen PSNR':>11s} {'seen SSIM':>9s} {'unseen SSIM':>11s}  "
+        + " ".join(f"{'v' + str(i):>6s}" for i in range(v))
+    )
     print(hdr)
     for name, r in rows.items():
-        print(f"{name:32s} {r['seen_psnr']:9.2f} {r['unseen_psnr']:11.2f} {r['seen_ssim']:9.3f} "
-              f"{r['unseen_ssim']:11.3f}  " + " ".join(f"{r[f'view{i}_psnr']:6.2f}" for i in range(v)))
+        print(
+            f"{name:32s} {r['seen_psnr']:9.2f} {r['unseen_psnr']:11.2f} {r['seen_ssim']:9.3f} "
+            f"{r['unseen_ssim']:11.3f}  " + " ".join(f"{r[f'view{i}_psnr']:6.2f}" for i in range(v))
+        )
     print(f"sample diversity (unseen, mean per-pixel std over samples): {diversity:.4f}")
 
     base = {n: rows[n]["unseen_psnr"] for n in ("copy-input", "train-mean", "mirror")}
@@ -196,18 +212,38 @@ def main(argv=None) -> int:
     single = rows[f"sample (g={a.guidance:g}, avg of {a.samples})"]
     meank = rows[f"mean-of-{a.samples}"]
     bars = [
-        (f"unseen_mean_of_{a.samples}_minus_best_baseline_db({best_name})", meank["unseen_psnr"] - base[best_name], 2.0,
-         meank["unseen_psnr"] - base[best_name] >= 2.0),
-        ("unseen_single_sample_minus_train_mean_db", single["unseen_psnr"] - base["train-mean"], 0.0,
-         single["unseen_psnr"] - base["train-mean"] > 0.0),
+        (
+            f"unseen_mean_of_{a.samples}_minus_best_baseline_db({best_name})",
+            meank["unseen_psnr"] - base[best_name],
+            2.0,
+            meank["unseen_psnr"] - base[best_name] >= 2.0,
+        ),
+        (
+            "unseen_single_sample_minus_train_mean_db",
+            single["unseen_psnr"] - base["train-mean"],
+            0.0,
+            single["unseen_psnr"] - base["train-mean"] > 0.0,
+        ),
         ("seen_single_sample_psnr_db", single["seen_psnr"], 20.0, single["seen_psnr"] >= 20.0),
     ]
     for name, value, target, ok in bars:
         print(f"BAR {name} {value:.2f} {target:g} {'PASS' if ok else 'FAIL'}")
     if a.json:
-        Path(a.json).write_text(json.dumps({"rows": rows, "bars": [list(x) for x in bars], "objects": b,
-                                            "samples": a.samples, "steps": a.steps, "guidance": a.guidance,
-                                            "diversity": diversity, "teacher": a.teacher}, indent=1))
+        Path(a.json).write_text(
+            json.dumps(
+                {
+                    "rows": rows,
+                    "bars": [list(x) for x in bars],
+                    "objects": b,
+                    "samples": a.samples,
+                    "steps": a.steps,
+                    "guidance": a.guidance,
+                    "diversity": diversity,
+                    "teacher": a.teacher,
+                },
+                indent=1,
+            )
+        )
     return 0
 
 

@@ -26,8 +26,8 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from dd3g_core.teacher.training.data import RenderSpec, render_example  # noqa: E402
 from dd3g_core.teacher.tiny import TinyTeacher  # noqa: E402
+from dd3g_core.teacher.training.data import RenderSpec, render_example  # noqa: E402
 from dd3g_core.world import split_seeds  # noqa: E402
 
 
@@ -64,10 +64,14 @@ def main(argv=None) -> int:
     seeds = split_seeds("heldout", max(batches))
     inputs = torch.from_numpy(np.stack([render_example(s, RenderSpec())[0] for s in seeds]))
     timer = UNetTimer(teacher.unet)
-    print(f"teacher: {a.teacher} ({sum(p.numel() for p in teacher.parameters()):,} parameters); "
-          f"{steps} DDIM steps, guidance {guidance:g}, {a.threads} threads")
-    print(f"{'batch':>5s} {'wall s':>8s} {'samples/s':>10s} {'s/sample':>9s} {'unet calls':>10s} "
-          f"{'unet share':>10s} {'overhead':>8s}")
+    print(
+        f"teacher: {a.teacher} ({sum(p.numel() for p in teacher.parameters()):,} parameters); "
+        f"{steps} DDIM steps, guidance {guidance:g}, {a.threads} threads"
+    )
+    print(
+        f"{'batch':>5s} {'wall s':>8s} {'samples/s':>10s} {'s/sample':>9s} {'unet calls':>10s} "
+        f"{'unet share':>10s} {'overhead':>8s}"
+    )
     bars = []
     with torch.no_grad():
         for b in batches:
@@ -84,7 +88,9 @@ def main(argv=None) -> int:
                     best = (wall, timer.total, timer.calls)
             wall, unet, calls = best
             overhead = 1.0 - unet / wall
-            print(f"{b:5d} {wall:8.3f} {b / wall:10.2f} {wall / b:9.4f} {calls:10d} {unet / wall:10.1%} {overhead:8.1%}")
+            print(
+                f"{b:5d} {wall:8.3f} {b / wall:10.2f} {wall / b:9.4f} {calls:10d} {unet / wall:10.1%} {overhead:8.1%}"
+            )
             bars.append((f"sampling_overhead_batch{b}", overhead, 0.10, overhead <= 0.10))
     for name, value, target, ok in bars:
         print(f"BAR {name} {value:.3f} {target:g} {'PASS' if ok else 'FAIL'}")

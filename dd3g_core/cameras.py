@@ -14,8 +14,8 @@ Conventions (the same as gsplat's):
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 from torch import Tensor
@@ -77,9 +77,7 @@ def orbit_c2w(
     radius,  # [C] or scalar
     target=(0.0, 0.0, 0.0),
 ) -> Tensor:  # [C, 4, 4]
-    az, el, r = torch.broadcast_tensors(
-        _as_tensor(azimuth_deg), _as_tensor(elevation_deg), _as_tensor(radius)
-    )
+    az, el, r = torch.broadcast_tensors(_as_tensor(azimuth_deg), _as_tensor(elevation_deg), _as_tensor(radius))
     if (r <= 0).any():
         raise ValueError(f"orbit radius must be > 0, got {r.min().item()}")
     tgt = _as_tensor(target)

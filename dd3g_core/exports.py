@@ -7,8 +7,8 @@ fov 49.1 degrees, as ``ViewLayout``), on a plain background (floats in 0..1, whi
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 from PIL import Image
@@ -76,8 +76,14 @@ def save_turntable(
             imageio.mimwrite(tmp, list(frames), format="GIF", duration=1000.0 / fps, loop=0)
         else:
             writer = imageio.get_writer(
-                tmp, format="FFMPEG", fps=fps, codec="libx264", pixelformat="yuv420p",
-                macro_block_size=MP4_BLOCK, ffmpeg_log_level="error", quality=8,
+                tmp,
+                format="FFMPEG",
+                fps=fps,
+                codec="libx264",
+                pixelformat="yuv420p",
+                macro_block_size=MP4_BLOCK,
+                ffmpeg_log_level="error",
+                quality=8,
             )
             try:
                 for frame in frames:

@@ -18,8 +18,8 @@ with fully transparent Gaussians, see :func:`pad_to`).
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, fields
-from typing import Iterator, Sequence
 
 import torch
 from torch import Tensor
@@ -64,7 +64,7 @@ class Gaussians:
         scales: Tensor,  # [..., N, 3] > 0
         opacities: Tensor,  # [..., N] in (0, 1)
         rgb: Tensor,  # [..., N, 3] in [0, 1]
-    ) -> "Gaussians":
+    ) -> Gaussians:
         """Build from post-activation values (what a human or a renderer thinks in)."""
         eps = 1e-6
         return cls(
@@ -76,7 +76,7 @@ class Gaussians:
         )
 
     @classmethod
-    def cat(cls, parts: Sequence["Gaussians"], dim: int = -1) -> "Gaussians":
+    def cat(cls, parts: Sequence[Gaussians], dim: int = -1) -> Gaussians:
         """Concatenate along the Gaussian axis (``dim=-1``) or stack scenes (``dim=0``)."""
         if not parts:
             raise ValueError("Gaussians.cat needs at least one part")
@@ -167,19 +167,19 @@ class Gaussians:
     def __len__(self) -> int:
         return self.num_gaussians
 
-    def _map(self, fn) -> "Gaussians":
+    def _map(self, fn) -> Gaussians:
         return Gaussians(**{f.name: fn(getattr(self, f.name)) for f in fields(self)})
 
-    def to(self, *args, **kwargs) -> "Gaussians":
+    def to(self, *args, **kwargs) -> Gaussians:
         return self._map(lambda t: t.to(*args, **kwargs))
 
-    def detach(self) -> "Gaussians":
+    def detach(self) -> Gaussians:
         return self._map(lambda t: t.detach())
 
-    def clone(self) -> "Gaussians":
+    def clone(self) -> Gaussians:
         return self._map(lambda t: t.clone())
 
-    def requires_grad_(self, flag: bool = True) -> "Gaussians":
+    def requires_grad_(self, flag: bool = True) -> Gaussians:
         for f in fields(self):
             getattr(self, f.name).requires_grad_(flag)
         return self
@@ -187,30 +187,33 @@ class Gaussians:
     def parameters(self) -> Iterator[Tensor]:
         return (getattr(self, f.name) for f in fields(self))
 
-    def __getitem__(self, index) -> "Gaussians":
+    def __getitem__(self, index) -> Gaussians:
         """Index scenes of a batched container (``g[0]``, ``g[1:3]``)."""
         if self.means.ndim < 3:
             raise IndexError("indexing selects scenes; this container is unbatched (use .select)")
         return self._map(lambda t: t[index])
 
-    def select(self, mask_or_index: Tensor) -> "Gaussians":
+    def select(self, mask_or_index: Tensor) -> Gaussians:
         """Keep the Gaussians picked by a bool mask ``[N]`` or an index ``[M]`` (unbatched)."""
         if self.means.ndim != 2:
             raise ValueError("select works on an unbatched container [N, ...]; index a scene first")
         m = mask_or_index
         return Gaussians(
-            means=self.means[m], quats=self.quats[m], log_scales=self.log_scales[m],
-            opacity_logits=self.opacity_logits[m], sh=self.sh[m],
+            means=self.means[m],
+            quats=self.quats[m],
+            log_scales=self.log_scales[m],
+            opacity_logits=self.opacity_logits[m],
+            sh=self.sh[m],
         )
 
-    def prune(self, min_opacity: float = 0.005, max_scale: float | None = None) -> "Gaussians":
+    def prune(self, min_opacity: float = 0.005, max_scale: float | None = None) -> Gaussians:
         """Drop nearly transparent (and optionally oversized) Gaussians of an unbatched container."""
         keep = self.opacities > min_opacity
         if max_scale is not None:
             keep &= self.scales.amax(-1) <= max_scale
         return self.select(keep)
 
-    def pad_to(self, n: int) -> "Gaussians":
+    def pad_to(self, n: int) -> Gaussians:
         """Pad an unbatched container with invisible Gaussians (opacity ~0) up to ``n``."""
         extra = n - self.num_gaussians
         if extra < 0:

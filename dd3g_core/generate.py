@@ -15,9 +15,10 @@ Recipe, per input image:
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Sequence
+from typing import Literal
 
 import numpy as np
 import torch
@@ -78,16 +79,20 @@ def prepare_image(
         if method == "rembg":
             model = rembg_model or os.environ.get(REMBG_ENV)
             if not model:
-                raise ValueError("the image has no alpha and its background is not a plain colour: background "
-                                 f"removal needs rembg with a local model (--rembg-model PATH or {REMBG_ENV}); "
-                                 "or pass an RGBA image")
+                raise ValueError(
+                    "the image has no alpha and its background is not a plain colour: background "
+                    f"removal needs rembg with a local model (--rembg-model PATH or {REMBG_ENV}); "
+                    "or pass an RGBA image"
+                )
             rgba = RembgMatting(model).matte(rgb).rgba
         record["matting"] = method
     coverage = float((rgba[..., 3] >= 128).mean())
     record["coverage"] = coverage
     if coverage < MIN_COVERAGE:
-        raise EmptyImageError(f"the image has nothing in it: {coverage:.2%} of its pixels are opaque after "
-                              f"background removal (need >= {MIN_COVERAGE:.1%})")
+        raise EmptyImageError(
+            f"the image has nothing in it: {coverage:.2%} of its pixels are opaque after "
+            f"background removal (need >= {MIN_COVERAGE:.1%})"
+        )
     out, rec = recentre(rgba, resolution, margin)
     record["recentre"] = rec
     return out, record
@@ -108,21 +113,24 @@ def slerp(a: Tensor, b: Tensor, t: float) -> Tensor:
 class Generator:
     """A PEPD student with its teacher's condition encoder and cameras."""
 
-    model: "object"  # PEPD
-    teacher: "object"  # MultiViewTeacher (encoders, layout)
+    model: object  # PEPD
+    teacher: object  # MultiViewTeacher (encoders, layout)
 
     @classmethod
-    def load(cls, checkpoint: str | os.PathLike, teacher: str | os.PathLike | None = None,
-             device: str | None = None) -> "Generator":
+    def load(
+        cls, checkpoint: str | os.PathLike, teacher: str | os.PathLike | None = None, device: str | None = None
+    ) -> Generator:
         from .model import PEPD
         from .teacher.loading import load_teacher
 
         model = PEPD.from_pretrained(checkpoint, device=device)
         t = load_teacher(teacher, device=device)
         if t.latent_resolution != model.config.latent_resolution or t.num_views != model.config.num_views:
-            raise ValueError(f"teacher {teacher or 'tiny'} (latent {t.latent_resolution}, {t.num_views} views) does "
-                             f"not match the student (latent {model.config.latent_resolution}, "
-                             f"{model.config.num_views} views): pass the teacher it was distilled from")
+            raise ValueError(
+                f"teacher {teacher or 'tiny'} (latent {t.latent_resolution}, {t.num_views} views) does "
+                f"not match the student (latent {model.config.latent_resolution}, "
+                f"{model.config.num_views} views): pass the teacher it was distilled from"
+            )
         return cls(model, t)
 
     def noise(self, seed: int) -> Tensor:  # [1, V+1, C, h, w]
@@ -138,18 +146,36 @@ class Generator:
         return Gaussians(g.means[0], g.quats[0], g.log_scales[0], g.opacity_logits[0], g.sh[0])
 
 
-def write_sample(g: Gaussians, out_dir: Path, stem: str, resolution: int = 128, frames: int = 36,
-                 background: Sequence[float] = (1.0, 1.0, 1.0), turntable_ext: str = ".gif") -> dict[str, str]:
+def write_sample(
+    g: Gaussians,
+    out_dir: Path,
+    stem: str,
+    resolution: int = 128,
+    frames: int = 36,
+    background: Sequence[float] = (1.0, 1.0, 1.0),
+    turntable_ext: str = ".gif",
+) -> dict[str, str]:
     from .exports import save_turntable, save_views_grid
     from .ply import save_ply
 
-    paths = {"ply": out_dir / f"{stem}.ply", "turntable": out_dir / f"{stem}{turntable_ext}",
-             "views": out_dir / f"{stem}_views.png"}
+    paths = {
+        "ply": out_dir / f"{stem}.ply",
+        "turntable": out_dir / f"{stem}{turntable_ext}",
+        "views": out_dir / f"{stem}_views.png",
+    }
     save_ply(g, paths["ply"])
-    save_turntable(g, paths["turntable"], num_frames=frames, elevation_deg=15.0, resolution=resolution,
-                   background=background)
-    save_views_grid(g, paths["views"], azimuths=(0.0, 45.0, 90.0, 135.0, 180.0, 225.0, 270.0, 315.0),
-                    elevation_deg=15.0, resolution=resolution, background=background, ncols=4)
+    save_turntable(
+        g, paths["turntable"], num_frames=frames, elevation_deg=15.0, resolution=resolution, background=background
+    )
+    save_views_grid(
+        g,
+        paths["views"],
+        azimuths=(0.0, 45.0, 90.0, 135.0, 180.0, 225.0, 270.0, 315.0),
+        elevation_deg=15.0,
+        resolution=resolution,
+        background=background,
+        ncols=4,
+    )
     return {k: str(v) for k, v in paths.items()}
 
 

@@ -8,7 +8,7 @@ are the ``rgba_images`` stage's job).
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -32,16 +32,17 @@ def composite_rgb(
     elif images.is_floating_point():
         x = images.float()
         if x.numel() and (not torch.isfinite(x).all() or x.min() < -1e-3 or x.max() > 1 + 1e-3):
-            raise ValueError(f"float images must lie in [0, 1], got range [{x.min().item():.3g}, "
-                             f"{x.max().item():.3g}] (0..255 data? pass it as uint8)")
+            raise ValueError(
+                f"float images must lie in [0, 1], got range [{x.min().item():.3g}, "
+                f"{x.max().item():.3g}] (0..255 data? pass it as uint8)"
+            )
         x = x.clamp(0.0, 1.0)
     else:
         raise TypeError(f"images must be float in [0, 1] or uint8, got {images.dtype}")
     c = x.shape[1]
     if c not in (1, 2, 3, 4):
         hint = " (channels-last? use images.permute(0, 3, 1, 2))" if x.shape[-1] in (1, 2, 3, 4) else ""
-        raise ValueError(f"images need 1 (gray), 2 (gray+alpha), 3 (RGB) or 4 (RGBA) channels in dim 1, "
-                         f"got {c}{hint}")
+        raise ValueError(f"images need 1 (gray), 2 (gray+alpha), 3 (RGB) or 4 (RGBA) channels in dim 1, got {c}{hint}")
     rgb = x[:, :3] if c >= 3 else x[:, :1].expand(-1, 3, -1, -1)
     if c in (2, 4):
         alpha = x[:, -1:]
@@ -57,8 +58,9 @@ def resize_square(
     """Bilinear resize with antialiasing (no-op at the right size); non-square input is rejected."""
     h, w = x.shape[-2:]
     if h != w:
-        raise ValueError(f"teacher input images must be square (recentre/pad them first, as the rgba_images "
-                         f"stage does), got {h}x{w}")
+        raise ValueError(
+            f"teacher input images must be square (recentre/pad them first, as the rgba_images stage does), got {h}x{w}"
+        )
     if h == resolution:
         return x
     return F.interpolate(x, size=(resolution, resolution), mode="bilinear", antialias=True, align_corners=False)

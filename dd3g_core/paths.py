@@ -1,6 +1,6 @@
 """Where the repository's static inputs live (the one place that knows the checkout's layout).
 
-``ASSETS_DIR`` is the repo's ``assets/`` folder: prompt lists, run configs, accelerate configs and the
+``ASSETS_DIR`` is the repo's ``assets/`` folder: prompt lists, accelerate configs, sample images and the
 small shipped models. dd3g is installed editable (``pip install -e .``), so it sits beside the package.
 """
 

@@ -70,9 +70,8 @@ def save_ply(gaussians: Gaussians, path: str | os.PathLike) -> None:
     for i, name in enumerate(names):
         records[name] = columns[:, i]
     ply = PlyData([PlyElement.describe(records, "vertex")], text=False, byte_order="<")
-    with atomic_path(path) as tmp:  # readers never see a half-written file
-        with open(tmp, "wb") as f:
-            ply.write(f)
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:  # readers never see a half-written file
+        ply.write(f)
 
 
 def load_ply(path: str | os.PathLike, drop_nonfinite: bool = False) -> Gaussians:
@@ -113,9 +112,7 @@ def load_ply(path: str | os.PathLike, drop_nonfinite: bool = False) -> Gaussians
         raise ValueError(f"{path}: f_rest properties must be numbered 0..M-1 without gaps, got {rest_names}")
     m = len(rest_names)
     if m % 3 or (m // 3 + 1) not in SH_COUNTS:
-        raise ValueError(
-            f"{path}: {m} f_rest properties; expected 3*(K-1) for K in {SH_COUNTS} (0, 9, 24 or 45)"
-        )
+        raise ValueError(f"{path}: {m} f_rest properties; expected 3*(K-1) for K in {SH_COUNTS} (0, 9, 24 or 45)")
     k = m // 3 + 1
 
     used = list(REQUIRED) + rest_names

@@ -34,9 +34,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Mapping
+from typing import Any, Literal
 
 from .distill.config import DistillConfig
 from .paths import TINY_TEACHER_DIR
@@ -44,8 +45,14 @@ from .synthesis.config import QualityFilters, RGBASynthesisConfig
 from .trajectories.config import TrajectoryCacheConfig
 
 __all__ = [
-    "Profile", "TeacherSettings", "EvaluationSettings", "PROFILES", "PROFILE_ENV", "TEACHER_PATH_ENV",
-    "get_profile", "profile_names",
+    "Profile",
+    "TeacherSettings",
+    "EvaluationSettings",
+    "PROFILES",
+    "PROFILE_ENV",
+    "TEACHER_PATH_ENV",
+    "get_profile",
+    "profile_names",
 ]
 
 PROFILE_ENV = "DD3G_PROFILE"
@@ -74,7 +81,9 @@ class TeacherSettings:
         if self.kind not in ("tiny", "imagedream"):
             raise ValueError(f"teacher kind must be 'tiny' or 'imagedream', got {self.kind!r}")
         if self.kind == "imagedream" and self.recipe:
-            raise ValueError("an ImageDream teacher is not trained here: leave teacher.recipe empty in the full profile")
+            raise ValueError(
+                "an ImageDream teacher is not trained here: leave teacher.recipe empty in the full profile"
+            )
         if self.kind == "tiny" and not self.path and not self.recipe:
             raise ValueError("a tiny teacher needs a folder (teacher.path) or a recipe to train it (teacher.recipe)")
 
@@ -135,14 +144,25 @@ PROFILES: dict[str, Profile] = {
     "smoke": Profile(
         name="smoke",
         description="seconds, for tests and CI: toy sizes, a teacher trained by the smoke recipe",
-        rgba=RGBASynthesisConfig(resolution=32, render_resolution=64, num_gaussians=800, samples_per_shard=4,
-                                 num_shards=2),
+        rgba=RGBASynthesisConfig(
+            resolution=32, render_resolution=64, num_gaussians=800, samples_per_shard=4, num_shards=2
+        ),
         # CFG on (guidance 2) so the guided path is exercised
-        trajectories=TrajectoryCacheConfig(num_noise_draws=2, steps=3, guidance=2.0, record_steps=(1,),
-                                           batch_size=4, samples_per_shard=4),
+        trajectories=TrajectoryCacheConfig(
+            num_noise_draws=2, steps=3, guidance=2.0, record_steps=(1,), batch_size=4, samples_per_shard=4
+        ),
         teacher=TeacherSettings(kind="tiny", path=None, recipe="smoke"),
-        distill=DistillConfig(steps=6, batch_size=2, warmup_steps=1, checkpoint_every=2, log_every=1,
-                              implicit_ramp=(2, 4), implicit_every=1, num_workers=0, shuffle_buffer=8),
+        distill=DistillConfig(
+            steps=6,
+            batch_size=2,
+            warmup_steps=1,
+            checkpoint_every=2,
+            log_every=1,
+            implicit_ramp=(2, 4),
+            implicit_every=1,
+            num_workers=0,
+            shuffle_buffer=8,
+        ),
         evaluation=EvaluationSettings(heldout_objects=8),
     ),
     "full": Profile(
@@ -151,19 +171,48 @@ PROFILES: dict[str, Profile] = {
         # SDXL + rembg at 256 px (paths from $DD3G_SDXL_PATH / $DD3G_REMBG_MODEL); 120 shards x 1000 = the
         # paper's 120k images
         rgba=RGBASynthesisConfig(
-            generator="sdxl", matting="rembg", resolution=256, samples_per_shard=1000, num_shards=120,
-            sdxl_steps=30, sdxl_guidance=5.0, sdxl_size=1024, sdxl_batch_size=4,
+            generator="sdxl",
+            matting="rembg",
+            resolution=256,
+            samples_per_shard=1000,
+            num_shards=120,
+            sdxl_steps=30,
+            sdxl_guidance=5.0,
+            sdxl_size=1024,
+            sdxl_batch_size=4,
             filters=QualityFilters(min_coverage=0.03, max_coverage=0.8, border_px=2),
         ),
-        trajectories=TrajectoryCacheConfig(num_noise_draws=4, steps=50, guidance=5.0, record_steps=(10, 20, 30, 40),
-                                           batch_size=8, samples_per_shard=64, store_dtype="float16"),
+        trajectories=TrajectoryCacheConfig(
+            num_noise_draws=4,
+            steps=50,
+            guidance=5.0,
+            record_steps=(10, 20, 30, 40),
+            batch_size=8,
+            samples_per_shard=64,
+            store_dtype="float16",
+        ),
         teacher=TeacherSettings(kind="imagedream", path=None),
         # per-GPU batch 4 x accumulation 4, bf16
-        distill=DistillConfig(model="full", steps=30000, batch_size=4, grad_accum=4, lr=1e-4, warmup_steps=1000,
-                              mixed_precision="bf16", ema_decay=0.9999, implicit_ramp=(5000, 15000),
-                              implicit_weight=0.05, implicit_every=1, implicit_guidance=5.0,
-                              implicit_azimuth_range=(0.0, 360.0), implicit_elevation_range=(-10.0, 20.0),
-                              num_workers=4, checkpoint_every=1000, log_every=50, keep_checkpoints=3),
+        distill=DistillConfig(
+            model="full",
+            steps=30000,
+            batch_size=4,
+            grad_accum=4,
+            lr=1e-4,
+            warmup_steps=1000,
+            mixed_precision="bf16",
+            ema_decay=0.9999,
+            implicit_ramp=(5000, 15000),
+            implicit_weight=0.05,
+            implicit_every=1,
+            implicit_guidance=5.0,
+            implicit_azimuth_range=(0.0, 360.0),
+            implicit_elevation_range=(-10.0, 20.0),
+            num_workers=4,
+            checkpoint_every=1000,
+            log_every=50,
+            keep_checkpoints=3,
+        ),
         evaluation=EvaluationSettings(heldout_objects=8),
     ),
 }
@@ -200,8 +249,9 @@ def profile_from_dict(d: Mapping[str, Any], name: str | None = None) -> Profile:
         raise ValueError(f"profile file: 'base' must name one of {profile_names()}, got {base_name!r}")
     profile = PROFILES[base_name]
     changes = {stage: _changed(stage, getattr(profile, stage), d[stage]) for stage in STAGES if stage in d}
-    return dataclasses.replace(profile, name=name or base_name, description=d.get("description", profile.description),
-                               **changes)
+    return dataclasses.replace(
+        profile, name=name or base_name, description=d.get("description", profile.description), **changes
+    )
 
 
 def get_profile(spec: str | os.PathLike | None = None) -> Profile:
@@ -214,8 +264,10 @@ def get_profile(spec: str | os.PathLike | None = None) -> Profile:
     if text.endswith(".json"):
         path = Path(text).expanduser()
         if not path.is_file():
-            raise FileNotFoundError(f"profile file {path} does not exist (${PROFILE_ENV} takes one of "
-                                    f"{profile_names()} or the path of a .json profile file)")
+            raise FileNotFoundError(
+                f"profile file {path} does not exist (${PROFILE_ENV} takes one of "
+                f"{profile_names()} or the path of a .json profile file)"
+            )
         try:
             d = json.loads(path.read_text())
         except json.JSONDecodeError as e:

@@ -9,15 +9,21 @@ from __future__ import annotations
 
 import ast
 import hashlib
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
 
 __all__ = [
-    "state_dict_shapes", "diff_shapes", "format_diff", "check_state_dict", "load_unet_state_dict",
-    "read_state_dict_listing", "load_weights_file", "state_dict_digest",
+    "state_dict_shapes",
+    "diff_shapes",
+    "format_diff",
+    "check_state_dict",
+    "load_unet_state_dict",
+    "read_state_dict_listing",
+    "load_weights_file",
+    "state_dict_digest",
 ]
 
 Shapes = Mapping[str, tuple[int, ...]]
@@ -34,8 +40,11 @@ def diff_shapes(
     """(missing from ``actual``, unexpected in ``actual``, [(key, expected shape, actual shape)])."""
     missing = [k for k in expected if k not in actual]
     unexpected = [k for k in actual if k not in expected]
-    mismatched = [(k, tuple(expected[k]), tuple(actual[k])) for k in expected
-                  if k in actual and tuple(expected[k]) != tuple(actual[k])]
+    mismatched = [
+        (k, tuple(expected[k]), tuple(actual[k]))
+        for k in expected
+        if k in actual and tuple(expected[k]) != tuple(actual[k])
+    ]
     return missing, unexpected, mismatched
 
 

@@ -46,8 +46,10 @@ class StageRecordIOManager(dg.ConfigurableIOManager):
             return
         keys = list(context.asset_partition_keys)
         if not isinstance(obj, dict) or set(obj) != set(keys):
-            raise TypeError(f"{context.asset_key.to_user_string()} must return {{partition_key: record}} for the "
-                            f"partitions of its run {keys}, got {sorted(obj) if isinstance(obj, dict) else type(obj)}")
+            raise TypeError(
+                f"{context.asset_key.to_user_string()} must return {{partition_key: record}} for the "
+                f"partitions of its run {keys}, got {sorted(obj) if isinstance(obj, dict) else type(obj)}"
+            )
         for key in keys:
             _write(self._path(context.asset_key, key), obj[key])
 
@@ -61,8 +63,9 @@ class StageRecordIOManager(dg.ConfigurableIOManager):
         path = self._path(key, partition)
         if not path.is_file():
             what = key.to_user_string() + ("" if partition is None else f" partition {partition}")
-            raise FileNotFoundError(f"no record of {what} under {path.parent}: materialize {what} first "
-                                    f"(with the same data_root)")
+            raise FileNotFoundError(
+                f"no record of {what} under {path.parent}: materialize {what} first (with the same data_root)"
+            )
         try:
             return json.loads(path.read_text())
         except json.JSONDecodeError as e:

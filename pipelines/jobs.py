@@ -11,7 +11,7 @@ distill_job = dg.define_asset_job(
     "distill",
     selection=dg.AssetSelection.all(),
     description="The whole DD3G recipe: RGBA images, the teacher, its trajectories, the distilled student and its "
-                "checks.",
+    "checks.",
     tags=shard_range_tags(),
 )
 

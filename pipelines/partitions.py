@@ -15,8 +15,14 @@ import dagster as dg
 from dd3g_core.io import stable_hash
 from dd3g_core.profiles import get_profile
 
-__all__ = ["SHARD_PARTITIONS", "shard_partition_keys", "shard_range_tags", "shard_asset", "shard_indices",
-           "run_data_version"]
+__all__ = [
+    "SHARD_PARTITIONS",
+    "shard_partition_keys",
+    "shard_range_tags",
+    "shard_asset",
+    "shard_indices",
+    "run_data_version",
+]
 
 
 def shard_partition_keys(profile: str | None = None) -> list[str]:
@@ -47,8 +53,10 @@ def shard_indices(context: dg.AssetExecutionContext, num_shards: int) -> list[tu
     for key in context.partition_keys:
         index = int(key)
         if not 0 <= index < num_shards:
-            raise ValueError(f"partition {key!r} does not exist in this profile ({num_shards} shards): the "
-                             f"definitions were loaded with another DD3G_PROFILE than the settings resource")
+            raise ValueError(
+                f"partition {key!r} does not exist in this profile ({num_shards} shards): the "
+                f"definitions were loaded with another DD3G_PROFILE than the settings resource"
+            )
         out.append((key, index))
     return out
 

@@ -22,9 +22,16 @@ class PipesReporter:
         self.pipes.log.info(message)
 
     def materialize(self, metadata: dict[str, Any], data_version: str) -> None:
-        typed = {k: ({"raw_value": v, "type": "json"} if isinstance(v, (dict, list)) else
-                     {"raw_value": v, "type": "path"} if k == "checkpoint" else v)
-                 for k, v in metadata.items()}
+        typed = {
+            k: (
+                {"raw_value": v, "type": "json"}
+                if isinstance(v, (dict, list))
+                else {"raw_value": v, "type": "path"}
+                if k == "checkpoint"
+                else v
+            )
+            for k, v in metadata.items()
+        }
         self.pipes.report_asset_materialization(metadata=typed, data_version=data_version)
 
 

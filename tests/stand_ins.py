@@ -45,26 +45,61 @@ def build_tiny_sdxl(folder: Path, plain: bool = False) -> Path:
     (tok_dir / "merges.txt").write_text("#version: 0.2\n")
     tok = CLIPTokenizer(str(tok_dir / "vocab.json"), str(tok_dir / "merges.txt"), model_max_length=16)
     V = len(tok)
-    tcfg = CLIPTextConfig(bos_token_id=V - 2, eos_token_id=V - 1, pad_token_id=V - 1, hidden_size=16,
-                          intermediate_size=32, num_attention_heads=2, num_hidden_layers=2, vocab_size=V,
-                          max_position_embeddings=16, projection_dim=16, hidden_act="gelu")
+    tcfg = CLIPTextConfig(
+        bos_token_id=V - 2,
+        eos_token_id=V - 1,
+        pad_token_id=V - 1,
+        hidden_size=16,
+        intermediate_size=32,
+        num_attention_heads=2,
+        num_hidden_layers=2,
+        vocab_size=V,
+        max_position_embeddings=16,
+        projection_dim=16,
+        hidden_act="gelu",
+    )
     unet = UNet2DConditionModel(
-        sample_size=16, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(8, 16),
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        attention_head_dim=(2, 4), cross_attention_dim=32, norm_num_groups=4, use_linear_projection=True,
-        addition_embed_type="text_time", addition_time_embed_dim=8, projection_class_embeddings_input_dim=6 * 8 + 16)
-    vae = AutoencoderKL(block_out_channels=(8, 16), in_channels=3, out_channels=3, latent_channels=4,
-                        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
-                        norm_num_groups=4, sample_size=32)
+        sample_size=16,
+        in_channels=4,
+        out_channels=4,
+        layers_per_block=1,
+        block_out_channels=(8, 16),
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        attention_head_dim=(2, 4),
+        cross_attention_dim=32,
+        norm_num_groups=4,
+        use_linear_projection=True,
+        addition_embed_type="text_time",
+        addition_time_embed_dim=8,
+        projection_class_embeddings_input_dim=6 * 8 + 16,
+    )
+    vae = AutoencoderKL(
+        block_out_channels=(8, 16),
+        in_channels=3,
+        out_channels=3,
+        latent_channels=4,
+        down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2,
+        norm_num_groups=4,
+        sample_size=32,
+    )
     if plain:
         with torch.no_grad():
             vae.decoder.conv_out.weight.mul_(0.02)
             vae.decoder.conv_out.bias.fill_(0.8)
-    scheduler = EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-                                       steps_offset=1, timestep_spacing="leading")
-    pipe = StableDiffusionXLPipeline(vae=vae, text_encoder=CLIPTextModel(tcfg),
-                                     text_encoder_2=CLIPTextModelWithProjection(tcfg), tokenizer=tok,
-                                     tokenizer_2=tok, unet=unet, scheduler=scheduler)
+    scheduler = EulerDiscreteScheduler(
+        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", steps_offset=1, timestep_spacing="leading"
+    )
+    pipe = StableDiffusionXLPipeline(
+        vae=vae,
+        text_encoder=CLIPTextModel(tcfg),
+        text_encoder_2=CLIPTextModelWithProjection(tcfg),
+        tokenizer=tok,
+        tokenizer_2=tok,
+        unet=unet,
+        scheduler=scheduler,
+    )
     out = folder / "sdxl"
     pipe.save_pretrained(out)
     return out
@@ -83,8 +118,14 @@ def build_stub_onnx(path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(model, (torch.zeros(1, 3, 320, 320),), str(path), input_names=["input"],
-                          output_names=["output"], dynamo=False)
+        torch.onnx.export(
+            model,
+            (torch.zeros(1, 3, 320, 320),),
+            str(path),
+            input_names=["input"],
+            output_names=["output"],
+            dynamo=False,
+        )
     onnx.checker.check_model(onnx.load(str(path)))
     return path
 
@@ -109,8 +150,14 @@ def build_disc_onnx(path: Path, radius: float = 0.3) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(Disc(), (torch.zeros(1, 3, 320, 320),), str(path), input_names=["input"],
-                          output_names=["output"], dynamo=False)
+        torch.onnx.export(
+            Disc(),
+            (torch.zeros(1, 3, 320, 320),),
+            str(path),
+            input_names=["input"],
+            output_names=["output"],
+            dynamo=False,
+        )
     onnx.checker.check_model(onnx.load(str(path)))
     return path
 
@@ -118,7 +165,8 @@ def build_disc_onnx(path: Path, radius: float = 0.3) -> Path:
 def tiny_unet_config(latent: int = 16) -> MultiViewUNetConfig:
     """The tiny U-Net preset in ImageDream's latent space (4 channels) at ``latent`` x ``latent``."""
     return MultiViewUNetConfig.preset("tiny").replace(
-        in_channels=4, out_channels=4, context_dim=TEXT_DIM, ip_embed_dim=VISION_DIM, image_size=latent)
+        in_channels=4, out_channels=4, context_dim=TEXT_DIM, ip_embed_dim=VISION_DIM, image_size=latent
+    )
 
 
 def write_unet(folder: Path, cfg: MultiViewUNetConfig, state_dict=None) -> None:
@@ -140,7 +188,12 @@ def write_tiny_imagedream(root: Path, vae_factor: int = 4, latent: int = 16) -> 
     ``latent`` 32 gives the real 256 px ImageDream layout, which the pipeline uses."""
     from diffusers import AutoencoderKL, DDIMScheduler
     from transformers import (
-        CLIPImageProcessor, CLIPTextConfig, CLIPTextModel, CLIPTokenizer, CLIPVisionConfig, CLIPVisionModel,
+        CLIPImageProcessor,
+        CLIPTextConfig,
+        CLIPTextModel,
+        CLIPTokenizer,
+        CLIPVisionConfig,
+        CLIPVisionModel,
     )
 
     levels = {4: 3, 8: 4}[vae_factor]
@@ -156,33 +209,71 @@ def write_tiny_imagedream(root: Path, vae_factor: int = 4, latent: int = 16) -> 
         (raw / "vocab.json").write_text(json.dumps(vocab))
         (raw / "merges.txt").write_text("#version: 0.2\n")
         CLIPTokenizer(str(raw / "vocab.json"), str(raw / "merges.txt"), model_max_length=77).save_pretrained(
-            root / "tokenizer")
-        CLIPTextModel(CLIPTextConfig(
-            vocab_size=len(vocab), hidden_size=TEXT_DIM, intermediate_size=64, num_hidden_layers=2,
-            num_attention_heads=2, max_position_embeddings=77, bos_token_id=0, eos_token_id=1, pad_token_id=1,
-        )).save_pretrained(root / "text_encoder")
-        CLIPVisionModel(CLIPVisionConfig(
-            hidden_size=VISION_DIM, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-            image_size=32, patch_size=8,
-        )).save_pretrained(root / "image_encoder")
+            root / "tokenizer"
+        )
+        CLIPTextModel(
+            CLIPTextConfig(
+                vocab_size=len(vocab),
+                hidden_size=TEXT_DIM,
+                intermediate_size=64,
+                num_hidden_layers=2,
+                num_attention_heads=2,
+                max_position_embeddings=77,
+                bos_token_id=0,
+                eos_token_id=1,
+                pad_token_id=1,
+            )
+        ).save_pretrained(root / "text_encoder")
+        CLIPVisionModel(
+            CLIPVisionConfig(
+                hidden_size=VISION_DIM,
+                intermediate_size=64,
+                num_hidden_layers=2,
+                num_attention_heads=2,
+                image_size=32,
+                patch_size=8,
+            )
+        ).save_pretrained(root / "image_encoder")
         CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(
-            root / "feature_extractor")
+            root / "feature_extractor"
+        )
         AutoencoderKL(
-            in_channels=3, out_channels=3, down_block_types=["DownEncoderBlock2D"] * levels,
-            up_block_types=["UpDecoderBlock2D"] * levels, block_out_channels=[8] * levels, layers_per_block=1,
-            latent_channels=4, norm_num_groups=4, sample_size=64, scaling_factor=0.18215,
+            in_channels=3,
+            out_channels=3,
+            down_block_types=["DownEncoderBlock2D"] * levels,
+            up_block_types=["UpDecoderBlock2D"] * levels,
+            block_out_channels=[8] * levels,
+            layers_per_block=1,
+            latent_channels=4,
+            norm_num_groups=4,
+            sample_size=64,
+            scaling_factor=0.18215,
         ).save_pretrained(root / "vae")
         DDIMScheduler(  # the real scheduler_config.json (reference §1)
-            num_train_timesteps=1000, beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
-            clip_sample=False, set_alpha_to_one=False, steps_offset=1, prediction_type="epsilon",
+            num_train_timesteps=1000,
+            beta_schedule="scaled_linear",
+            beta_start=0.00085,
+            beta_end=0.012,
+            clip_sample=False,
+            set_alpha_to_one=False,
+            steps_offset=1,
+            prediction_type="epsilon",
             timestep_spacing="leading",
         ).save_pretrained(root / "scheduler")
         write_unet(root / "unet", tiny_unet_config(latent))
-    (root / "model_index.json").write_text(json.dumps({
-        "_class_name": "MVDreamPipeline", "_diffusers_version": "0.25.0",
-        "unet": ["mv_unet", "MultiViewUNetModel"], "vae": ["diffusers", "AutoencoderKL"],
-        "text_encoder": ["transformers", "CLIPTextModel"], "tokenizer": ["transformers", "CLIPTokenizer"],
-        "image_encoder": ["transformers", "CLIPVisionModel"],
-        "feature_extractor": ["transformers", "CLIPImageProcessor"], "scheduler": ["diffusers", "DDIMScheduler"],
-    }))
+    (root / "model_index.json").write_text(
+        json.dumps(
+            {
+                "_class_name": "MVDreamPipeline",
+                "_diffusers_version": "0.25.0",
+                "unet": ["mv_unet", "MultiViewUNetModel"],
+                "vae": ["diffusers", "AutoencoderKL"],
+                "text_encoder": ["transformers", "CLIPTextModel"],
+                "tokenizer": ["transformers", "CLIPTokenizer"],
+                "image_encoder": ["transformers", "CLIPVisionModel"],
+                "feature_extractor": ["transformers", "CLIPImageProcessor"],
+                "scheduler": ["diffusers", "DDIMScheduler"],
+            }
+        )
+    )
     return root

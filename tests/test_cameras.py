@@ -4,8 +4,15 @@ import pytest
 import torch
 
 from dd3g_core.cameras import (
-    LAYOUTS, camera_centers, get_layout, imagedream_camera_embedding, intrinsics, look_at,
-    orbit_cameras, pixel_rays, plucker,
+    LAYOUTS,
+    camera_centers,
+    get_layout,
+    imagedream_camera_embedding,
+    intrinsics,
+    look_at,
+    orbit_cameras,
+    pixel_rays,
+    plucker,
 )
 
 
@@ -74,13 +81,16 @@ def test_pixel_rays_on_a_coarse_grid_pass_through_cell_centres():
 
 def test_imagedream_embedding_matches_reference_values():
     emb = imagedream_camera_embedding([0, 90, 180, 270], 0.0)
-    expected = torch.tensor([
-        [1, 0, 0, 0, 0, 0, -1, -1, 0, 1, 0, 0, 0, 0, 0, 1],
-        [0, 0, 1, 1, 1, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 1],
-        [-1, 0, 0, 0, 0, 0, 1, 1, 0, 1, 0, 0, 0, 0, 0, 1],
-        [0, 0, -1, -1, -1, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 1],
-        [0] * 16,
-    ], dtype=torch.float32)
+    expected = torch.tensor(
+        [
+            [1, 0, 0, 0, 0, 0, -1, -1, 0, 1, 0, 0, 0, 0, 0, 1],
+            [0, 0, 1, 1, 1, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 1],
+            [-1, 0, 0, 0, 0, 0, 1, 1, 0, 1, 0, 0, 0, 0, 0, 1],
+            [0, 0, -1, -1, -1, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 1],
+            [0] * 16,
+        ],
+        dtype=torch.float32,
+    )
     assert torch.allclose(emb, expected, atol=1e-6)
 
 

@@ -16,7 +16,6 @@ from dd3g_core.render.views import orbit_views, to_uint8
 from dd3g_core.world import object_spec, sample_object
 
 
-
 @pytest.fixture(scope="module")
 def obj():
     return sample_object(6, 600)  # an asymmetric object: no two turntable frames coincide
@@ -103,8 +102,20 @@ def test_save_views_grid(tmp_path, obj):
 
 def test_cli_world_sample_and_spec(tmp_path, capsys):
     out, preview = tmp_path / "obj.ply", tmp_path / "obj.png"
-    args = ["world", "sample", "--seed", "3", "-o", str(out), "--num-gaussians", "400",
-            "--preview", str(preview), "--resolution", "32"]
+    args = [
+        "world",
+        "sample",
+        "--seed",
+        "3",
+        "-o",
+        str(out),
+        "--num-gaussians",
+        "400",
+        "--preview",
+        str(preview),
+        "--resolution",
+        "32",
+    ]
     assert main(args) == 0
     g = load_ply(out)
     assert g.num_gaussians == 400
@@ -117,13 +128,45 @@ def test_cli_world_sample_and_spec(tmp_path, capsys):
 
 def test_cli_render_commands(tmp_path, model_ply, capsys):
     gif, grid = tmp_path / "spin.gif", tmp_path / "grid.png"
-    assert main(["render-turntable", str(model_ply), "-o", str(gif), "--frames", "3", "--resolution", "24",
-                 "--elevation", "10", "--background", "0,128,255"]) == 0
+    assert (
+        main(
+            [
+                "render-turntable",
+                str(model_ply),
+                "-o",
+                str(gif),
+                "--frames",
+                "3",
+                "--resolution",
+                "24",
+                "--elevation",
+                "10",
+                "--background",
+                "0,128,255",
+            ]
+        )
+        == 0
+    )
     frames = iio.imread(gif, index=None)
     assert frames.shape[:3] == (3, 24, 24)
     np.testing.assert_allclose(frames[0, 0, 0, :3], [0, 128, 255], atol=8)  # GIF palettes are approximate
-    assert main(["render-grid", str(model_ply), "-o", str(grid), "--resolution", "24", "--background", "black",
-                 "--azimuths", "0,90"]) == 0
+    assert (
+        main(
+            [
+                "render-grid",
+                str(model_ply),
+                "-o",
+                str(grid),
+                "--resolution",
+                "24",
+                "--background",
+                "black",
+                "--azimuths",
+                "0,90",
+            ]
+        )
+        == 0
+    )
     assert iio.imread(grid).shape == (24, 48, 3)
 
 

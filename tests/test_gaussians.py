@@ -7,7 +7,9 @@ from dd3g_core.gaussians import SH_C0, Gaussians, rgb_to_sh0, sh0_to_rgb
 def random_gaussians(n=10, batch=(), k=1, seed=0):
     g = torch.Generator().manual_seed(seed)
     r = lambda *s: torch.randn(*batch, n, *s, generator=g)  # noqa: E731
-    return Gaussians(means=r(3), quats=r(4), log_scales=r(3) - 3, opacity_logits=torch.randn(*batch, n, generator=g), sh=r(k, 3))
+    return Gaussians(
+        means=r(3), quats=r(4), log_scales=r(3) - 3, opacity_logits=torch.randn(*batch, n, generator=g), sh=r(k, 3)
+    )
 
 
 def test_activations_are_the_documented_ones():

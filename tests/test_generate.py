@@ -71,9 +71,30 @@ def test_slerp_endpoints_and_norm():
 
 def test_generate_cli_writes_samples_and_interpolation(tmp_path, models, capsys):
     out = tmp_path / "out"
-    code = cli_main(["generate", str(SAMPLES / "anya_rgba.png"), "-o", str(out), "--checkpoint", str(models / "pepd"),
-                     "--teacher", str(models / "teacher"), "--num-samples", "2", "--seed", "3",
-                     "--interpolate", "9", "--interp-steps", "3", "--frames", "4", "--resolution", "48"])
+    code = cli_main(
+        [
+            "generate",
+            str(SAMPLES / "anya_rgba.png"),
+            "-o",
+            str(out),
+            "--checkpoint",
+            str(models / "pepd"),
+            "--teacher",
+            str(models / "teacher"),
+            "--num-samples",
+            "2",
+            "--seed",
+            "3",
+            "--interpolate",
+            "9",
+            "--interp-steps",
+            "3",
+            "--frames",
+            "4",
+            "--resolution",
+            "48",
+        ]
+    )
     assert code == 0, capsys.readouterr().err
     for seed in (3, 4):
         g = load_ply(out / f"anya_rgba_s{seed}.ply")
@@ -97,15 +118,40 @@ def test_generate_cli_errors_are_one_line(tmp_path, models, capsys):
     assert "nothing in it" in capsys.readouterr().err
     assert cli_main(["generate", str(tmp_path / "missing.png"), *args]) == 2
     assert "does not exist" in capsys.readouterr().err
-    assert cli_main(["generate", str(SAMPLES / "bird_rgba.png"), "-o", str(tmp_path / "o"),
-                     "--checkpoint", str(tmp_path / "nope")]) == 2
+    assert (
+        cli_main(
+            [
+                "generate",
+                str(SAMPLES / "bird_rgba.png"),
+                "-o",
+                str(tmp_path / "o"),
+                "--checkpoint",
+                str(tmp_path / "nope"),
+            ]
+        )
+        == 2
+    )
     assert "not a PEPD checkpoint" in capsys.readouterr().err
 
 
 def test_shipped_student_generates_from_the_console_script(tmp_path):
     """The installed `dd3g` script with its defaults: the shipped tiny student and teacher."""
     dd3g = Path(sys.executable).with_name("dd3g")
-    res = subprocess.run([str(dd3g), "generate", str(SAMPLES / "bird_rgba.png"), "-o", str(tmp_path),
-                          "--frames", "2", "--resolution", "32"], capture_output=True, text=True, timeout=300)
+    res = subprocess.run(
+        [
+            str(dd3g),
+            "generate",
+            str(SAMPLES / "bird_rgba.png"),
+            "-o",
+            str(tmp_path),
+            "--frames",
+            "2",
+            "--resolution",
+            "32",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert res.returncode == 0, res.stderr[-2000:]
     assert (tmp_path / "bird_rgba_s0.ply").is_file() and (tmp_path / "bird_rgba_s0.gif").is_file()

@@ -23,8 +23,19 @@ def test_dd3g_core_never_imports_dagster():
 
 
 def test_required_top_level_exists():
-    for name in ["pyproject.toml", "dd3g_core", "pipelines", "assets", "workspace.yaml", "Dockerfile",
-                 "tests", "benchmarks", "docs", "README.md", ".ci/run"]:
+    for name in [
+        "pyproject.toml",
+        "dd3g_core",
+        "pipelines",
+        "assets",
+        "workspace.yaml",
+        "Dockerfile",
+        "tests",
+        "benchmarks",
+        "docs",
+        "README.md",
+        ".ci/run",
+    ]:
         assert (ROOT / name).exists(), name
 
 

@@ -4,7 +4,11 @@ import pytest
 import torch
 
 from dd3g_core.distill.losses import (
-    NonFiniteLossError, alpha_from_background, explicit_supervision_loss, implicit_verification_loss, ramp_weight,
+    NonFiniteLossError,
+    alpha_from_background,
+    explicit_supervision_loss,
+    implicit_verification_loss,
+    ramp_weight,
     sample_timesteps,
 )
 from dd3g_core.teacher import TinyTeacher
@@ -25,8 +29,15 @@ def test_explicit_supervision_terms():
     alpha = torch.rand(2, 4, 8, 8, 1, generator=g)
     t = explicit_supervision_loss(render, alpha, oi, alpha.permute(0, 1, 4, 2, 3), alpha_weight=0.5)
     assert t["rgb"] == 0 and t["alpha"] == 0 and t["total"] == 0
-    t = explicit_supervision_loss(render + 0.1, alpha, oi, torch.zeros_like(alpha.permute(0, 1, 4, 2, 3)),
-                                  alpha_weight=0.5, perceptual=lambda x, y: (x - y).abs().mean(), perceptual_weight=2.0)
+    t = explicit_supervision_loss(
+        render + 0.1,
+        alpha,
+        oi,
+        torch.zeros_like(alpha.permute(0, 1, 4, 2, 3)),
+        alpha_weight=0.5,
+        perceptual=lambda x, y: (x - y).abs().mean(),
+        perceptual_weight=2.0,
+    )
     assert torch.isclose(t["rgb"], torch.tensor(0.01), atol=1e-6)
     assert torch.isclose(t["alpha"], alpha.pow(2).mean())
     assert torch.isclose(t["perceptual"], torch.tensor(0.1), atol=1e-6)
@@ -88,8 +99,10 @@ def test_perceptual_loss_from_local_weights(tmp_path):
 
     torch.manual_seed(0)
     feats = vgg16_features()
-    save_file({f"features.{k}": v for k, v in feats.state_dict().items()} | {"lin0.weight": torch.full((1, 64, 1, 1), 2.0)},
-              str(tmp_path / "vgg.safetensors"))
+    save_file(
+        {f"features.{k}": v for k, v in feats.state_dict().items()} | {"lin0.weight": torch.full((1, 64, 1, 1), 2.0)},
+        str(tmp_path / "vgg.safetensors"),
+    )
     loss = PerceptualLoss.from_file(tmp_path / "vgg.safetensors")
     assert torch.equal(loss.features[0].weight, feats[0].weight) and loss.lin[0].mean() == 2.0
     x = torch.rand(2, 3, 32, 32, requires_grad=True)

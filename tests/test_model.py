@@ -30,9 +30,15 @@ def inputs(teacher, b=2, seed=0):
     g = torch.Generator().manual_seed(seed)
     images = (torch.rand(b, 4, 64, 64, generator=g) * 255).to(torch.uint8)
     cams = teacher.cameras()
-    return dict(noise=teacher.draw_noise(b, seed), camera_embedding=cams.embedding,
-                condition=teacher.encode_condition(images), image=images, viewmats=cams.viewmats, Ks=cams.Ks,
-                image_size=cams.resolution)
+    return dict(
+        noise=teacher.draw_noise(b, seed),
+        camera_embedding=cams.embedding,
+        condition=teacher.encode_condition(images),
+        image=images,
+        viewmats=cams.viewmats,
+        Ks=cams.Ks,
+        image_size=cams.resolution,
+    )
 
 
 def test_preset_sizes():
@@ -155,8 +161,13 @@ def test_unet_forward_features_match_forward(teacher):
     t = torch.full((b * f,), 500.0)
     cond = teacher.encode_condition(torch.rand(b, 4, 64, 64))
     cam = teacher.cameras().embedding
-    kw = dict(context=cond.context.repeat_interleave(f, 0), camera=cam, num_frames=f,
-              ip=cond.ip.repeat_interleave(f, 0), ip_img=cond.ip_img)
+    kw = dict(
+        context=cond.context.repeat_interleave(f, 0),
+        camera=cam,
+        num_frames=f,
+        ip=cond.ip.repeat_interleave(f, 0),
+        ip_img=cond.ip_img,
+    )
     with torch.no_grad():
         full = u(x, t, **kw)
         feats = u.forward_features(x, t, **kw)
@@ -172,8 +183,13 @@ def test_phase1_follows_the_teacher_options_s2d_latents_and_image_concat():
     from dd3g_core.teacher import MultiViewUNetConfig
 
     ucfg = MultiViewUNetConfig.preset("tiny_s2d").replace(
-        model_channels=16, channel_mult=(1, 2), num_res_blocks=1, num_head_channels=16, concat_image=True,
-        norm_num_groups=8)
+        model_channels=16,
+        channel_mult=(1, 2),
+        num_res_blocks=1,
+        num_head_channels=16,
+        concat_image=True,
+        norm_num_groups=8,
+    )
     t = TinyTeacher(unet_config=ucfg, latent_patch=2, seed=0).eval()
     cfg = PEPDConfig(unet=ucfg, latent_resolution=16, phase1_output_blocks=1, gaussian_grid=4)
     assert cfg.feature_resolution == 8  # 8x8 tokens per view x 4x4 Gaussians = 32x32

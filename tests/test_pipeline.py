@@ -61,15 +61,23 @@ def test_definitions_load_and_distill_job_covers_all_partitions():
     assert job.tags["dagster/asset_partition_range_end"] == pkeys[-1]
     assert shard_partition_keys("smoke") == [f"{i:05d}" for i in range(SMOKE.num_shards)]
     assert shard_range_tags(dg.StaticPartitionsDefinition(["00000", "00001", "00002"])) == {
-        "dagster/asset_partition_range_start": "00000", "dagster/asset_partition_range_end": "00002"}
+        "dagster/asset_partition_range_start": "00000",
+        "dagster/asset_partition_range_end": "00002",
+    }
     graph = defs.resolve_asset_graph()
     parents = lambda key: {k.to_user_string() for k in graph.get(dg.AssetKey(key)).parent_keys}  # noqa: E731
     assert parents("teacher_trajectories") == {"rgba_images", "teacher"}
     assert parents("pepd_student") == {"teacher_trajectories", "teacher"}
     assert parents("teacher") == set() and parents("rgba_images") == set()
     checks = {k.name for k in defs.resolve_asset_graph().asset_check_keys}
-    assert {"shards_match_manifest", "alpha_coverage_in_range", "counts_match_manifest", "finite_and_shaped",
-            "student_renders_finite", "student_beats_copy_input"} <= checks
+    assert {
+        "shards_match_manifest",
+        "alpha_coverage_in_range",
+        "counts_match_manifest",
+        "finite_and_shaped",
+        "student_renders_finite",
+        "student_beats_copy_input",
+    } <= checks
 
 
 def test_materialize_partitions_cache_and_checks(tmp_path, teacher_dir):
@@ -85,8 +93,11 @@ def test_materialize_partitions_cache_and_checks(tmp_path, teacher_dir):
     assert teacher_mat.metadata["source"].value == "override" and teacher_mat.metadata["kind"].value == "tiny"
     checks = result.get_asset_check_evaluations()
     assert {(c.asset_key.to_user_string(), c.check_name) for c in checks} == {
-        ("rgba_images", "shards_match_manifest"), ("rgba_images", "alpha_coverage_in_range"),
-        ("teacher_trajectories", "counts_match_manifest"), ("teacher_trajectories", "finite_and_shaped")}
+        ("rgba_images", "shards_match_manifest"),
+        ("rgba_images", "alpha_coverage_in_range"),
+        ("teacher_trajectories", "counts_match_manifest"),
+        ("teacher_trajectories", "finite_and_shaped"),
+    }
     assert all(c.passed for c in checks), [(c.check_name, c.metadata) for c in checks]
 
     # only partition 1 exists: one shard dir on each side, the upstream one is the identity-mapped shard
@@ -155,8 +166,11 @@ def test_teacher_asset_fails_first_with_a_clear_message(tmp_path, monkeypatch):
     result = dg.materialize([teacher], resources=resources(tmp_path, "", "full"), raise_on_error=False)
     assert not result.success
     failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
-    message = failure.step_failure_data.error.cause.message if failure.step_failure_data.error.cause else \
-        failure.step_failure_data.error.message
+    message = (
+        failure.step_failure_data.error.cause.message
+        if failure.step_failure_data.error.cause
+        else failure.step_failure_data.error.message
+    )
     assert "DD3G_TEACHER_PATH" in message and "hf download" in message
     with pytest.raises(MissingWeightsError, match="holds a tiny teacher"):
         from dd3g_core.teacher import describe_teacher_folder
@@ -166,10 +180,17 @@ def test_teacher_asset_fails_first_with_a_clear_message(tmp_path, monkeypatch):
 
 def test_profile_files(tmp_path):
     f = tmp_path / "p.json"
-    f.write_text(json.dumps({"base": "full", "rgba": {"num_shards": 3, "filters": {"border_px": 5}},
-                             "trajectories": {"record_steps": [1, 2], "steps": 4},
-                             "distill": {"steps": 9, "model_overrides": {"depth": 2}},
-                             "evaluation": {"heldout_objects": 2}}))
+    f.write_text(
+        json.dumps(
+            {
+                "base": "full",
+                "rgba": {"num_shards": 3, "filters": {"border_px": 5}},
+                "trajectories": {"record_steps": [1, 2], "steps": 4},
+                "distill": {"steps": 9, "model_overrides": {"depth": 2}},
+                "evaluation": {"heldout_objects": 2},
+            }
+        )
+    )
     p = get_profile(str(f))
     full = get_profile("full")
     assert p.name == "full:p" and p.num_shards == 3 and p.rgba.generator == "sdxl"
@@ -177,9 +198,12 @@ def test_profile_files(tmp_path):
     assert p.trajectories.record_steps == (1, 2) and p.distill.steps == 9 and p.distill.mixed_precision == "bf16"
     assert p.evaluation.heldout_objects == 2 and p.teacher == full.teacher
     assert p.shard_partition_keys() == ["00000", "00001", "00002"]
-    for bad, match in (({"base": "huge"}, "base"), ({"base": "tiny", "rgba": {"resolutoin": 3}}, "resolutoin"),
-                       ({"base": "tiny", "stages": {}}, "unknown keys"),
-                       ({"base": "tiny", "teacher": {"kind": "imagedream", "recipe": "smoke"}}, "not trained")):
+    for bad, match in (
+        ({"base": "huge"}, "base"),
+        ({"base": "tiny", "rgba": {"resolutoin": 3}}, "resolutoin"),
+        ({"base": "tiny", "stages": {}}, "unknown keys"),
+        ({"base": "tiny", "teacher": {"kind": "imagedream", "recipe": "smoke"}}, "not trained"),
+    ):
         f.write_text(json.dumps(bad))
         with pytest.raises(ValueError, match=match):
             get_profile(str(f))
@@ -199,7 +223,11 @@ def test_distill_job_runs_from_the_dagster_cli(tmp_path):
     dagster = Path(sys.executable).with_name("dagster")
     proc = subprocess.run(
         [str(dagster), "job", "execute", "-m", "pipelines.definitions", "-j", "distill"],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=900,
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     config = SMOKE.rgba
@@ -211,7 +239,9 @@ def test_distill_job_runs_from_the_dagster_cli(tmp_path):
     assert shard_dirs == [f"shard-{i:05d}" for i in range(SMOKE.num_shards)]
     trained = (tmp_path / "data" / "teacher" / "smoke" / "teacher").resolve()
     teacher_hash = TinyTeacher.from_pretrained(trained).config_hash()
-    assert {validate_shards(d).manifest["teacher"]["config_hash"] for d in traj_root.glob("*/shard-*")} == {teacher_hash}
+    assert {validate_shards(d).manifest["teacher"]["config_hash"] for d in traj_root.glob("*/shard-*")} == {
+        teacher_hash
+    }
 
     old_home = os.environ.get("DAGSTER_HOME")
     os.environ["DAGSTER_HOME"] = str(home)
@@ -228,14 +258,19 @@ def test_distill_job_runs_from_the_dagster_cli(tmp_path):
             student = instance.get_latest_materialization_event(dg.AssetKey("pepd_student"))
             meta = student.asset_materialization.metadata
             steps = [p[0] for p in meta["loss_curve"].value]
-            assert steps[-1] == SMOKE.distill.steps and meta["cache_hit"].value is False and meta["bad_steps"].value == 0
+            assert (
+                steps[-1] == SMOKE.distill.steps and meta["cache_hit"].value is False and meta["bad_steps"].value == 0
+            )
             assert Path(meta["checkpoint"].value, "model.safetensors").is_file()
             assert student.asset_materialization.tags["dagster/data_version"] == meta["weights_sha256"].value[:16]
             run_config = json.loads((Path(meta["run_dir"].value) / "distill_config.json").read_text())
             assert run_config["teacher"] == str(trained)  # the folder the teacher asset recorded
-            checks = {name: instance.event_log_storage.get_latest_asset_check_execution_by_key(
-                [dg.AssetCheckKey(dg.AssetKey("pepd_student"), name)])
-                for name in ("student_renders_finite", "student_beats_copy_input")}
+            checks = {
+                name: instance.event_log_storage.get_latest_asset_check_execution_by_key(
+                    [dg.AssetCheckKey(dg.AssetKey("pepd_student"), name)]
+                )
+                for name in ("student_renders_finite", "student_beats_copy_input")
+            }
             for name, by_key in checks.items():
                 record = next(iter(by_key.values()))
                 evaluation = record.event.dagster_event.event_specific_data
@@ -252,5 +287,9 @@ def test_distill_job_runs_from_the_dagster_cli(tmp_path):
 
 
 def test_all_assets_are_in_the_graph():
-    assert {a.key.to_user_string() for a in ALL_ASSETS} == {"rgba_images", "teacher", "teacher_trajectories",
-                                                            "pepd_student"}
+    assert {a.key.to_user_string() for a in ALL_ASSETS} == {
+        "rgba_images",
+        "teacher",
+        "teacher_trajectories",
+        "pepd_student",
+    }

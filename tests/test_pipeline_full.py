@@ -25,6 +25,7 @@ import numpy as np
 import pytest
 
 from dd3g_core.shards import iter_samples, validate_shards
+
 from stand_ins import build_disc_onnx, build_tiny_sdxl, write_tiny_imagedream
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -32,13 +33,35 @@ ROOT = Path(__file__).resolve().parents[1]
 SMALL_FULL = {
     "base": "full",
     "description": "the full profile at stand-in sizes (tests/test_pipeline_full.py)",
-    "rgba": {"num_shards": 1, "samples_per_shard": 2, "sdxl_size": 64, "sdxl_steps": 2, "sdxl_batch_size": 2,
-             "resolution": 64},
+    "rgba": {
+        "num_shards": 1,
+        "samples_per_shard": 2,
+        "sdxl_size": 64,
+        "sdxl_steps": 2,
+        "sdxl_batch_size": 2,
+        "resolution": 64,
+    },
     "trajectories": {"num_noise_draws": 1, "steps": 2, "record_steps": [1], "batch_size": 2, "samples_per_shard": 2},
-    "distill": {"steps": 2, "batch_size": 1, "grad_accum": 2, "warmup_steps": 1, "implicit_ramp": [0, 1],
-                "num_workers": 0, "shuffle_buffer": 2, "checkpoint_every": 1, "log_every": 1,
-                "model_overrides": {"width": 64, "depth": 2, "heads": 2, "mu_block": 1, "shape_block": 2,
-                                    "mlp_ratio": 2.0, "gaussian_grid": 2}},
+    "distill": {
+        "steps": 2,
+        "batch_size": 1,
+        "grad_accum": 2,
+        "warmup_steps": 1,
+        "implicit_ramp": [0, 1],
+        "num_workers": 0,
+        "shuffle_buffer": 2,
+        "checkpoint_every": 1,
+        "log_every": 1,
+        "model_overrides": {
+            "width": 64,
+            "depth": 2,
+            "heads": 2,
+            "mu_block": 1,
+            "shape_block": 2,
+            "mlp_ratio": 2.0,
+            "gaussian_grid": 2,
+        },
+    },
     "evaluation": {"heldout_objects": 1},
 }
 
@@ -59,12 +82,26 @@ def run_distill(tmp_path: Path, stand_ins: dict, teacher: Path) -> subprocess.Co
     profile.write_text(json.dumps(SMALL_FULL))
     home = tmp_path / "dagster_home"
     home.mkdir(exist_ok=True)
-    env = dict(os.environ, DD3G_PROFILE=str(profile), DD3G_DATA_ROOT=str(tmp_path / "data"), DAGSTER_HOME=str(home),
-               DD3G_SDXL_PATH=str(stand_ins["sdxl"]), DD3G_REMBG_MODEL=str(stand_ins["rembg"]),
-               DD3G_TEACHER_PATH=str(teacher), HF_HUB_OFFLINE="1", CUDA_VISIBLE_DEVICES="")
+    env = dict(
+        os.environ,
+        DD3G_PROFILE=str(profile),
+        DD3G_DATA_ROOT=str(tmp_path / "data"),
+        DAGSTER_HOME=str(home),
+        DD3G_SDXL_PATH=str(stand_ins["sdxl"]),
+        DD3G_REMBG_MODEL=str(stand_ins["rembg"]),
+        DD3G_TEACHER_PATH=str(teacher),
+        HF_HUB_OFFLINE="1",
+        CUDA_VISIBLE_DEVICES="",
+    )
     dagster = Path(sys.executable).with_name("dagster")
-    return subprocess.run([str(dagster), "job", "execute", "-m", "pipelines.definitions", "-j", "distill"],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=1200)
+    return subprocess.run(
+        [str(dagster), "job", "execute", "-m", "pipelines.definitions", "-j", "distill"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1200,
+    )
 
 
 def latest(instance, key: str):
@@ -97,7 +134,8 @@ def test_full_profile_distill_job_on_cpu_stand_ins(tmp_path, stand_ins):
         student = latest(instance, "pepd_student")
         assert student.metadata["bad_steps"].value == 0 and student.metadata["step"].value == 2
         finite = instance.event_log_storage.get_latest_asset_check_execution_by_key(
-            [dg.AssetCheckKey(dg.AssetKey("pepd_student"), "student_renders_finite")])
+            [dg.AssetCheckKey(dg.AssetKey("pepd_student"), "student_renders_finite")]
+        )
         assert next(iter(finite.values())).event.dagster_event.event_specific_data.passed
 
     # Bad input: the same data root, now with a partial ImageDream folder. The teacher asset fails first,
@@ -112,10 +150,16 @@ def test_full_profile_distill_job_on_cpu_stand_ins(tmp_path, stand_ins):
     assert snapshot(data) == before
     with dg.DagsterInstance.from_config(str(tmp_path / "dagster_home")) as instance:
         last = instance.get_runs(limit=1)[0]
-        failed = {e.step_key for e in instance.all_logs(last.run_id) if e.is_dagster_event
-                  and e.dagster_event.event_type_value == "STEP_FAILURE"}
-        done = {e.step_key for e in instance.all_logs(last.run_id) if e.is_dagster_event
-                and e.dagster_event.event_type_value == "STEP_SUCCESS"}
+        failed = {
+            e.step_key
+            for e in instance.all_logs(last.run_id)
+            if e.is_dagster_event and e.dagster_event.event_type_value == "STEP_FAILURE"
+        }
+        done = {
+            e.step_key
+            for e in instance.all_logs(last.run_id)
+            if e.is_dagster_event and e.dagster_event.event_type_value == "STEP_SUCCESS"
+        }
         assert failed == {"teacher"} and not done & {"teacher_trajectories", "pepd_student"}
 
 

@@ -159,7 +159,7 @@ def test_cpu_rasterizer_gradcheck_float64():
     N = 8
     m = (torch.rand(2, N, 2, generator=g, dtype=torch.float64) * 8).requires_grad_()
     s = torch.rand(2, N, 2, generator=g, dtype=torch.float64) * 2 + 1.0
-    rho = (torch.rand(2, N, generator=g, dtype=torch.float64) - 0.5)
+    rho = torch.rand(2, N, generator=g, dtype=torch.float64) - 0.5
     a, c, b = s[..., 0] ** 2, s[..., 1] ** 2, rho * s[..., 0] * s[..., 1]
     det = a * c - b * b
     q = torch.stack([c / det, -b / det, a / det], -1).requires_grad_()
@@ -226,8 +226,11 @@ def test_huge_gaussian_centred_off_screen_still_covers_the_image():
     viewmat = torch.linalg.inv(look_at(eye, torch.zeros(3)))[None]
     K = intrinsics(60.0, 32, 32)
     g = Gaussians.from_activated(
-        torch.tensor([[3.0, 0.0, 0.0]]), torch.tensor([[1.0, 0, 0, 0]]), torch.tensor([[2.0, 2.0, 0.01]]),
-        torch.tensor([0.9]), torch.tensor([[0.2, 0.8, 0.4]]),
+        torch.tensor([[3.0, 0.0, 0.0]]),
+        torch.tensor([[1.0, 0, 0, 0]]),
+        torch.tensor([[2.0, 2.0, 0.01]]),
+        torch.tensor([0.9]),
+        torch.tensor([[0.2, 0.8, 0.4]]),
     )
     a = render(g, viewmat, K, 32, 32, backend="cpu")
     b = render(g, viewmat, K, 32, 32, backend="reference")
@@ -263,8 +266,11 @@ def test_all_gaussians_behind_the_camera():
 
 def test_one_gaussian_matches_reference_and_closed_form():
     g = Gaussians.from_activated(
-        torch.zeros(1, 3), torch.tensor([[1.0, 0, 0, 0]]), torch.full((1, 3), 0.1),
-        torch.tensor([0.8]), torch.tensor([[1.0, 0.5, 0.25]]),
+        torch.zeros(1, 3),
+        torch.tensor([[1.0, 0, 0, 0]]),
+        torch.full((1, 3), 0.1),
+        torch.tensor([0.8]),
+        torch.tensor([[1.0, 0.5, 0.25]]),
     )
     viewmats, Ks = orbit_cameras([0.0], 0.0, 1.5, 49.1, 20, 20)
     a = render(g, viewmats, Ks, 20, 20, backend="cpu")

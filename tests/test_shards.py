@@ -9,8 +9,8 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 import pytest
+import torch
 
 from dd3g_core.shards import ShardValidationError, iter_samples, validate_shards, write_shards
 
@@ -121,7 +121,11 @@ def test_bad_keys_rejected(tmp_path):
 # ------------------------------------------------------------------------- training reader
 
 from dd3g_core.shards.reader import (  # noqa: E402
-    PickleFieldError, decode_image, make_train_dataset, make_train_loader, read_skip_log,
+    PickleFieldError,
+    decode_image,
+    make_train_dataset,
+    make_train_loader,
+    read_skip_log,
 )
 
 
@@ -172,7 +176,9 @@ def test_train_loader_skips_and_records_a_corrupt_sample(tmp_path):
     assert skipped and {s["key"] for s in skipped} == {"broken"} and skipped[0]["field"] == "rgba.png"
     # with worker processes the records come back through the shared skip log
     log = tmp_path / "skips.jsonl"
-    loader = make_train_loader(out, batch_size=2, num_workers=2, shuffle_buffer=0, epoch_samples=3, seed=0, skip_log=log)
+    loader = make_train_loader(
+        out, batch_size=2, num_workers=2, shuffle_buffer=0, epoch_samples=3, seed=0, skip_log=log
+    )
     keys = [k for b in loader for k in b["__key__"]]
     assert len(keys) == 6 and "broken" not in keys
     assert {r["key"] for r in read_skip_log(log)} == {"broken"}
@@ -196,7 +202,7 @@ def test_decode_image_modes_and_bomb_guard():
     rgba = np.zeros((4, 4, 4), np.uint8)
     rgba[..., 3] = 200
     assert decode_image(_png_bytes(rgba)).shape == (4, 4, 4)
-    gray16 = (np.arange(16, dtype=np.uint16).reshape(4, 4) * 4000)
+    gray16 = np.arange(16, dtype=np.uint16).reshape(4, 4) * 4000
     g = decode_image(_png_bytes(gray16))
     assert g.shape == (4, 4, 4) and g[..., 0].max() > 200 and (g[..., 3] == 255).all()
     assert decode_image(_png_bytes(rgba), "rgb8").shape == (4, 4, 3)

@@ -2,8 +2,6 @@
 
 import json
 import os
-import warnings
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,6 +11,7 @@ from dd3g_core.profiles import get_profile
 from dd3g_core.shards import iter_samples, validate_shards
 from dd3g_core.synthesis.generators import GeneratedImage
 from dd3g_core.synthesis.stage import SynthesisBackends
+
 from stand_ins import build_stub_onnx, build_tiny_sdxl
 
 
@@ -73,7 +72,7 @@ def soft_rect(h, w, box, color=(230, 30, 20)):
     """uint8 RGBA with an opaque rectangle [x0, y0, x1, y1) and a half-transparent 1-px rim."""
     rgba = np.zeros((h, w, 4), np.uint8)
     x0, y0, x1, y1 = box
-    rgba[y0 - 1:y1 + 1, x0 - 1:x1 + 1] = (*color, 128)
+    rgba[y0 - 1 : y1 + 1, x0 - 1 : x1 + 1] = (*color, 128)
     rgba[y0:y1, x0:x1] = (*color, 255)
     return rgba
 
@@ -145,8 +144,7 @@ def test_synthesize_shard_writes_valid_set_lists_rejects_and_caches(tmp_path):
     cfg = smoke()
     seeds = cfg.shard_seeds(1)
     assert seeds == [4, 5, 6, 7]
-    gen = FlakyGenerator(blank_seed=5, bad_seed=6, resolution=cfg.render_resolution,
-                         num_gaussians=cfg.num_gaussians)
+    gen = FlakyGenerator(blank_seed=5, bad_seed=6, resolution=cfg.render_resolution, num_gaussians=cfg.num_gaussians)
     backends = SynthesisBackends(cfg, generator=gen)
     summary, hit = S.synthesize_shard(tmp_path, cfg, 1, backends=backends)
     assert not hit
@@ -207,8 +205,9 @@ def test_config_validation_versions_and_presets(tmp_path):
     assert (sm.num_shards, sm.samples_per_shard, sm.resolution) == (2, 4, 32)
     assert (full.generator, full.matting, full.resolution) == ("sdxl", "rembg", 256)
     assert S.stage_version(sm) != S.stage_version(sm.replace(margin=0.15))
-    assert S.stage_version(sm) == S.stage_version(S.RGBASynthesisConfig(**json.loads(json.dumps(
-        __import__("dataclasses").asdict(sm)))))
+    assert S.stage_version(sm) == S.stage_version(
+        S.RGBASynthesisConfig(**json.loads(json.dumps(__import__("dataclasses").asdict(sm))))
+    )
     with pytest.raises(ValueError, match="matting"):
         S.RGBASynthesisConfig(matting="magic")
     with pytest.raises(ValueError, match="exact"):
@@ -282,9 +281,18 @@ def test_sdxl_tiny_pipeline_end_to_end(tmp_path, monkeypatch):
     path = build_tiny_sdxl(tmp_path / "models")
     prompts = tmp_path / "two.txt"
     prompts.write_text("# two prompts\na red apple\na blue teapot\n")
-    cfg = S.RGBASynthesisConfig(generator="sdxl", matting="colorkey", sdxl_path=str(path), sdxl_size=32,
-                                sdxl_steps=2, resolution=16, samples_per_shard=2, num_shards=1,
-                                prompts_file=str(prompts), sdxl_batch_size=2)
+    cfg = S.RGBASynthesisConfig(
+        generator="sdxl",
+        matting="colorkey",
+        sdxl_path=str(path),
+        sdxl_size=32,
+        sdxl_steps=2,
+        resolution=16,
+        samples_per_shard=2,
+        num_shards=1,
+        prompts_file=str(prompts),
+        sdxl_batch_size=2,
+    )
     backends = SynthesisBackends(cfg)
     gen = backends.generator
     a = gen.generate([11], ["x"])[0]
@@ -310,7 +318,9 @@ def test_sdxl_tiny_pipeline_end_to_end(tmp_path, monkeypatch):
         rec = s["json"]
         assert s["rgba.png"].shape == (16, 16, 4)
         assert rec["generator"] == "sdxl" and rec["full_prompt"] == cfg.prompt_template.format(prompt=rec["prompt"])
-        assert rec["generator_seed"] == rec["seed"] and rec["prompt"] == ["a red apple", "a blue teapot"][rec["seed"] % 2]
+        assert (
+            rec["generator_seed"] == rec["seed"] and rec["prompt"] == ["a red apple", "a blue teapot"][rec["seed"] % 2]
+        )
         assert rec["generator_config"]["size"] == 32 and "matting_iou" not in rec
 
 
@@ -321,8 +331,11 @@ class WhiteBackdropGenerator(S.ProceduralGenerator):
         from dd3g_core.render.views import composite_on_background
 
         img = super().generate_one(seed)
-        return GeneratedImage(composite_on_background(img.true_rgba, (255, 255, 255)),
-                              {**img.record, "background_rgb": [255, 255, 255]}, img.true_rgba)
+        return GeneratedImage(
+            composite_on_background(img.true_rgba, (255, 255, 255)),
+            {**img.record, "background_rgb": [255, 255, 255]},
+            img.true_rgba,
+        )
 
 
 def test_rembg_stub_model_end_to_end(tmp_path, monkeypatch):

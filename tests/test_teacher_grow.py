@@ -7,8 +7,15 @@ from dd3g_core.teacher import MultiViewUNetConfig, TinyTeacher
 from dd3g_core.teacher.training.grow import grow_unet
 from dd3g_core.teacher.training.train import TeacherTrainConfig, build_teacher
 
-SMALL = dict(model_channels=16, channel_mult=(1, 2, 2), attention_resolutions=(4,), num_res_blocks=1,
-             num_head_channels=16, context_dim=32, resampler_depth=1)
+SMALL = dict(
+    model_channels=16,
+    channel_mult=(1, 2, 2),
+    attention_resolutions=(4,),
+    num_res_blocks=1,
+    num_head_channels=16,
+    context_dim=32,
+    resampler_depth=1,
+)
 
 
 def small_teacher(seed=0):
@@ -24,9 +31,15 @@ def run(unet, teacher, seed=0):
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(10, 3, 32, 32, generator=g)
     cond = teacher.encode_condition(torch.rand(2, 4, 64, 64, generator=g))
-    return unet(x, torch.full((10,), 700.0), context=cond.context.repeat_interleave(5, 0),
-                camera=teacher.cameras().embedding.repeat(2, 1), num_frames=5,
-                ip=cond.ip.repeat_interleave(5, 0), ip_img=cond.ip_img)
+    return unet(
+        x,
+        torch.full((10,), 700.0),
+        context=cond.context.repeat_interleave(5, 0),
+        camera=teacher.cameras().embedding.repeat(2, 1),
+        num_frames=5,
+        ip=cond.ip.repeat_interleave(5, 0),
+        ip_img=cond.ip_img,
+    )
 
 
 def test_grown_unet_computes_the_same_function():
@@ -37,7 +50,9 @@ def test_grown_unet_computes_the_same_function():
     assert list(grown.state_dict()) == list(fresh.state_dict())  # the new config's exact key layout
     assert len(grown.state_dict()) > len(t.unet.state_dict())
     with torch.no_grad():
-        assert torch.allclose(run(t.unet, t), run(grown, t), atol=1e-5, rtol=1e-4)  # float rounding: new blocks change tensor layouts
+        assert torch.allclose(
+            run(t.unet, t), run(grown, t), atol=1e-5, rtol=1e-4
+        )  # float rounding: new blocks change tensor layouts
     # and the new blocks are trainable: a gradient reaches their proj_out
     grown.train()
     run(grown, t).square().mean().backward()
@@ -50,16 +65,20 @@ def test_grown_unet_computes_the_same_function():
 def test_build_teacher_from_a_grown_folder(tmp_path):
     t = small_teacher()
     t.save_pretrained(tmp_path / "small")
-    cfg = TeacherTrainConfig(unet_overrides={**SMALL, "attention_resolutions": (2, 4)}, init_from=str(tmp_path / "small"),
-                             seed=5)
+    cfg = TeacherTrainConfig(
+        unet_overrides={**SMALL, "attention_resolutions": (2, 4)}, init_from=str(tmp_path / "small"), seed=5
+    )
     built = build_teacher(cfg).eval()
     assert built.unet.config.attention_resolutions == (2, 4)
     with torch.no_grad():
-        assert torch.allclose(run(t.unet, t), run(built.unet, built), atol=1e-5, rtol=1e-4)  # float rounding: new blocks change tensor layouts
+        assert torch.allclose(
+            run(t.unet, t), run(built.unet, built), atol=1e-5, rtol=1e-4
+        )  # float rounding: new blocks change tensor layouts
     assert torch.equal(built.null_context, t.null_context)
-    bad = TeacherTrainConfig(unet_overrides={**SMALL, "model_channels": 32, "num_head_channels": 32},
-                             init_from=str(tmp_path / "small"))
-    with pytest.raises(Exception):
+    bad = TeacherTrainConfig(
+        unet_overrides={**SMALL, "model_channels": 32, "num_head_channels": 32}, init_from=str(tmp_path / "small")
+    )
+    with pytest.raises(ValueError, match="init_from"):
         build_teacher(bad)
 
 
@@ -74,8 +93,12 @@ def test_image_concatenation_grows_function_preserving_and_then_matters():
         stem[:, 3:].normal_(0, 0.1)  # once the image channels are trained, every view sees the input image
         g = torch.Generator().manual_seed(3)
         x = torch.randn(10, 3, 32, 32, generator=g)
-        kw = dict(context=torch.zeros(10, 2, 32), camera=t.cameras().embedding.repeat(2, 1), num_frames=5,
-                  ip=torch.zeros(10, 64, 64))
+        kw = dict(
+            context=torch.zeros(10, 2, 32),
+            camera=t.cameras().embedding.repeat(2, 1),
+            num_frames=5,
+            ip=torch.zeros(10, 64, 64),
+        )
         img = torch.rand(2, 3, 32, 32, generator=g)
         a = grown(x, torch.full((10,), 500.0), ip_img=img, **kw)
         b = grown(x, torch.full((10,), 500.0), ip_img=img.flip(-1), **kw)

@@ -1,6 +1,5 @@
 """ImageDreamTeacher on a tiny random diffusers folder written by the test (stock classes + our U-Net)."""
 
-import json
 import shutil
 from pathlib import Path
 
@@ -9,7 +8,17 @@ import torch
 
 from dd3g_core.cameras import ViewLayout
 from dd3g_core.images import prepare_images
-from dd3g_core.teacher import IMAGEDREAM_REPO, ImageDreamTeacher, MissingWeightsError, MultiViewUNet, MultiViewUNetConfig
+from dd3g_core.teacher import (
+    IMAGEDREAM_REPO,
+    ImageDreamTeacher,
+    MissingWeightsError,
+    MultiViewUNet,
+    TeacherChangedError,
+    describe_teacher_folder,
+    load_teacher,
+)
+from dd3g_core.teacher.imagedream import check_imagedream_folder
+
 from stand_ins import TEXT_DIM, VISION_DIM, tiny_unet_config, write_tiny_imagedream, write_unet
 
 LAYOUT = ViewLayout(resolution=64)  # VAE /4 -> 16x16 latents (the real model: 256 px, /8 -> 32x32)
@@ -120,8 +129,13 @@ def test_partial_folder_lists_missing_files(folder, tmp_path):
     with pytest.raises(MissingWeightsError) as err:
         ImageDreamTeacher.from_pretrained(part)
     msg = str(err.value)
-    for name in ("unet/diffusion_pytorch_model.safetensors", "tokenizer/vocab.json", "tokenizer/merges.txt",
-                 "scheduler/scheduler_config.json", IMAGEDREAM_REPO):
+    for name in (
+        "unet/diffusion_pytorch_model.safetensors",
+        "tokenizer/vocab.json",
+        "tokenizer/merges.txt",
+        "scheduler/scheduler_config.json",
+        IMAGEDREAM_REPO,
+    ):
         assert name in msg
     for present in ("vae/config.json", "text_encoder/model.safetensors", "model_index.json"):
         assert present not in msg
@@ -141,6 +155,34 @@ def test_mismatched_unet_state_dict_is_listed(folder, tmp_path):
         ImageDreamTeacher.from_pretrained(bad, layout=LAYOUT)
     msg = str(err.value)
     assert "out.2.weight" in msg and "time_embed.0.weight: expected" in msg and "model.diffusion_model." in msg
+    # the teacher asset's check finds the same from the safetensors header, without loading the weights
+    with pytest.raises(ValueError) as err:
+        check_imagedream_folder(bad)
+    msg = str(err.value)
+    assert "diffusion_pytorch_model.safetensors does not match" in msg and "out.2.weight" in msg
+
+
+def test_folder_check_passes_a_good_folder_and_names_bad_files(folder, tmp_path):
+    info = check_imagedream_folder(folder)
+    assert info["unet"] == tiny_unet_config().to_dict() and info["unet_parameters"] > 0
+    record = describe_teacher_folder(folder, kind="imagedream")
+    assert record["kind"] == "imagedream" and len(record["content_hash"]) == 64 and record["files"] >= 12
+    assert describe_teacher_folder(folder)["content_hash"] == record["content_hash"]  # stable
+    bad = Path(shutil.copytree(folder, tmp_path / "json"))
+    (bad / "vae" / "config.json").write_text("{not json")
+    with pytest.raises(ValueError, match="vae/config.json is not valid JSON"):
+        check_imagedream_folder(bad)
+    bad = Path(shutil.copytree(folder, tmp_path / "trunc"))
+    weights = bad / "unet" / "diffusion_pytorch_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    with pytest.raises(ValueError, match="not a readable safetensors file"):
+        check_imagedream_folder(bad)
+    changed = Path(shutil.copytree(folder, tmp_path / "changed"))
+    (changed / "scheduler" / "scheduler_config.json").write_text(
+        (folder / "scheduler" / "scheduler_config.json").read_text() + " "
+    )
+    with pytest.raises(TeacherChangedError, match="changed since it was recorded"):
+        load_teacher(changed, content_hash=record["content_hash"])
 
 
 def test_incompatible_components_are_named(folder, tmp_path):

@@ -18,9 +18,19 @@ from dd3g_core.teacher.training.train import TeacherTrainConfig, build_teacher, 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 # a small U-Net on 12 x 16x16 latents (2x2 space-to-depth of 3 x 32x32 pixels)
-SMALL_S2D = {"image_size": 16, "in_channels": 12, "out_channels": 12, "model_channels": 16, "channel_mult": (1, 2),
-             "attention_resolutions": (1, 2), "num_res_blocks": 1, "num_head_channels": 16, "context_dim": 32,
-             "resampler_depth": 1, "norm_num_groups": 8}
+SMALL_S2D = {
+    "image_size": 16,
+    "in_channels": 12,
+    "out_channels": 12,
+    "model_channels": 16,
+    "channel_mult": (1, 2),
+    "attention_resolutions": (1, 2),
+    "num_res_blocks": 1,
+    "num_head_channels": 16,
+    "context_dim": 32,
+    "resampler_depth": 1,
+    "norm_num_groups": 8,
+}
 
 
 @pytest.fixture(scope="module")
@@ -86,15 +96,19 @@ def test_tiny_s2d_preset_attends_jointly_at_every_level():
     transformers = [m for m in unet.modules() if isinstance(m, SpatialTransformer3D)]
     # 2 per encoder level x 3 levels + middle + 3 per decoder level x 3 levels
     assert len(transformers) == 3 * ucfg.num_res_blocks + 1 + 3 * (ucfg.num_res_blocks + 1)
-    assert ucfg.in_channels == ucfg.out_channels == 3 * cfg.latent_patch ** 2
+    assert ucfg.in_channels == ucfg.out_channels == 3 * cfg.latent_patch**2
 
 
 def test_training_and_export_with_space_to_depth(tmp_path):
     base = TeacherTrainConfig.preset("smoke")
     cfg = TeacherTrainConfig.preset(
-        "smoke", latent_patch=2, unet_overrides={**dict(base.unet_overrides), "image_size": 16, "in_channels": 12,
-                                                 "out_channels": 12},
-        max_steps=2, num_objects=4, data_dir=str(tmp_path / "data"))
+        "smoke",
+        latent_patch=2,
+        unet_overrides={**dict(base.unet_overrides), "image_size": 16, "in_channels": 12, "out_channels": 12},
+        max_steps=2,
+        num_objects=4,
+        data_dir=str(tmp_path / "data"),
+    )
     assert build_teacher(cfg).latent_shape() == (5, 12, 16, 16)
     res = pretrain_tiny_teacher(cfg, tmp_path / "run")
     assert res.step == 2 and all(torch.isfinite(torch.tensor(res.losses)))

@@ -9,7 +9,12 @@ from torch import nn
 from dd3g_core.cameras import imagedream_camera_embedding
 from dd3g_core.images import prepare_images
 from dd3g_core.teacher import (
-    Condition, MissingWeightsError, TinyImageEncoder, TinyImageEncoderConfig, TinyTeacher, default_tiny_teacher_path,
+    Condition,
+    MissingWeightsError,
+    TinyImageEncoder,
+    TinyImageEncoderConfig,
+    TinyTeacher,
+    default_tiny_teacher_path,
     draw_noise,
 )
 from dd3g_core.teacher import sampler as ddim
@@ -132,7 +137,7 @@ def test_cfg_uses_one_batched_forward_uncond_first(teacher, images, noise):
     assert len(calls) == 2 and all(c["rows"] == 2 * B * F for c in calls)
     ip_img, ip = calls[0]["ip_img"], calls[0]["ip"]
     assert ip_img.shape[0] == 2 * B and torch.all(ip_img[:B] == 0) and ip_img[B:].abs().sum() > 0
-    assert torch.all(ip[: B * F] == 0) and ip[B * F:].abs().sum() > 0
+    assert torch.all(ip[: B * F] == 0) and ip[B * F :].abs().sum() > 0
 
 
 def test_guidance_one_skips_uncond(teacher, images, noise):
@@ -192,9 +197,12 @@ def test_predict_noise_converts_to_epsilon(prediction_type):
     x0, eps = torch.randn(B, F, 3, R, R, generator=g), torch.randn(B, F, 3, R, R, generator=g)
     t = torch.tensor([100, 800])
     sched = t_obj.scheduler
-    x_t = torch.stack([sched.add_noise(x0[i], eps[i], t[i:i + 1]) for i in range(B)])
-    truth = {"v_prediction": torch.stack([sched.get_velocity(x0[i], eps[i], t[i:i + 1]) for i in range(B)]),
-             "epsilon": eps, "sample": x0}[prediction_type]
+    x_t = torch.stack([sched.add_noise(x0[i], eps[i], t[i : i + 1]) for i in range(B)])
+    truth = {
+        "v_prediction": torch.stack([sched.get_velocity(x0[i], eps[i], t[i : i + 1]) for i in range(B)]),
+        "epsilon": eps,
+        "sample": x0,
+    }[prediction_type]
     t_obj.unet = ConstantUNet(truth)
     cond = Condition(torch.zeros(B, 2, 64), torch.zeros(B, 64, 64), torch.zeros(B, 3, R, R))
     got = t_obj.predict_noise(x_t, t, cond)
@@ -206,9 +214,17 @@ def test_predict_noise_converts_to_epsilon(prediction_type):
 
 
 def test_ddim_step_follows_the_equations():
-    sched_cfg = {"num_train_timesteps": 1000, "beta_schedule": "scaled_linear", "beta_start": 0.00085,
-                 "beta_end": 0.012, "clip_sample": False, "set_alpha_to_one": False, "steps_offset": 1,
-                 "prediction_type": "epsilon", "timestep_spacing": "leading"}
+    sched_cfg = {
+        "num_train_timesteps": 1000,
+        "beta_schedule": "scaled_linear",
+        "beta_start": 0.00085,
+        "beta_end": 0.012,
+        "clip_sample": False,
+        "set_alpha_to_one": False,
+        "steps_offset": 1,
+        "prediction_type": "epsilon",
+        "timestep_spacing": "leading",
+    }
     g = torch.Generator().manual_seed(0)
     n, e = torch.randn(1, F, 4, 8, 8, generator=g), torch.randn(1, F, 4, 8, 8, generator=g)
     x, traj, ts = ddim.ddim_sample(lambda x, t: e, sched_cfg, n, 2, record_steps=(1,))
@@ -250,13 +266,16 @@ def test_prepare_images_modes():
     assert prepare_images(torch.rand(2, 2, 16, 16), 8).shape == (2, 3, 8, 8)
 
 
-@pytest.mark.parametrize("bad, match", [
-    (torch.rand(4, 32, 32), "batch dimension"),
-    (torch.rand(1, 4, 32, 48), "square"),
-    (torch.rand(1, 32, 32, 4), "channels-last"),
-    (torch.rand(1, 3, 32, 32) * 255, r"\[0, 1\]"),
-    (torch.ones(1, 3, 32, 32, dtype=torch.int32), "uint8"),
-])
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        (torch.rand(4, 32, 32), "batch dimension"),
+        (torch.rand(1, 4, 32, 48), "square"),
+        (torch.rand(1, 32, 32, 4), "channels-last"),
+        (torch.rand(1, 3, 32, 32) * 255, r"\[0, 1\]"),
+        (torch.ones(1, 3, 32, 32, dtype=torch.int32), "uint8"),
+    ],
+)
 def test_bad_images_are_rejected(teacher, bad, match):
     with pytest.raises((ValueError, TypeError), match=match):
         teacher.encode_condition(bad)

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 import torch
 
-from dd3g_core.teacher.training.data import MultiViewDataset, RenderSpec, generate_cache, list_shards, render_example
 from dd3g_core.images import prepare_images
 from dd3g_core.teacher.tiny import TinyTeacher
+from dd3g_core.teacher.training.data import MultiViewDataset, RenderSpec, generate_cache, list_shards, render_example
 from dd3g_core.teacher.training.train import (
     TeacherTrainConfig,
     checkpoint_step,
@@ -82,8 +82,12 @@ def test_training_steps_checkpoints_and_ema(full_run, smoke_cfg):
     assert not [p for p in res.out_dir.rglob("*") if p.name.startswith(".tmp-")]  # nothing half-written
     ck = latest_checkpoint(res.out_dir)
     assert ck == ckpts[-1] and checkpoint_step(ck) == 6
-    assert {p.name for p in ck.iterdir()} == {"model.safetensors", "ema.safetensors", "optimizer.safetensors",
-                                              "state.json"}
+    assert {p.name for p in ck.iterdir()} == {
+        "model.safetensors",
+        "ema.safetensors",
+        "optimizer.safetensors",
+        "state.json",
+    }
     from safetensors.torch import load_file
 
     raw, ema = load_file(str(ck / "model.safetensors")), load_file(str(ck / "ema.safetensors"))
@@ -117,8 +121,11 @@ def test_resume_after_kill_matches_uninterrupted_run(full_run, smoke_cfg, tmp_pa
     state_a = json.loads((latest_checkpoint(full_run.out_dir) / "state.json").read_text())
     state_b = json.loads((latest_checkpoint(out) / "state.json").read_text())
     assert state_a["generator_state"] == state_b["generator_state"]
-    steps = [json.loads(line).get("step") for line in (out / "log.jsonl").read_text().splitlines()
-             if "loss" in json.loads(line)]
+    steps = [
+        json.loads(line).get("step")
+        for line in (out / "log.jsonl").read_text().splitlines()
+        if "loss" in json.loads(line)
+    ]
     assert steps == [1, 2, 3, 4, 5, 6]  # the lost step 5 was logged once more, not twice
     # a finished run resumed again is a no-op
     again = pretrain_tiny_teacher(smoke_cfg, out)
@@ -166,8 +173,9 @@ def test_dagster_teacher_asset_smoke_trains_and_tiny_uses_shipped(tmp_path, monk
 
     def materialize(profile):
         settings = DD3GSettings(data_root=str(tmp_path / "data"), profile=profile, teacher_path="")
-        res = dg.materialize([teacher], resources={"settings": settings,
-                                                   "io_manager": StageRecordIOManager(settings=settings)})
+        res = dg.materialize(
+            [teacher], resources={"settings": settings, "io_manager": StageRecordIOManager(settings=settings)}
+        )
         return res.asset_materializations_for_node("teacher")[0].metadata
 
     assert teacher in ALL_ASSETS
@@ -242,8 +250,11 @@ def test_recipe_runs_its_stages_grows_the_base_and_resumes_as_a_no_op(tmp_path):
     assert not base.unet.config.concat_image and final.unet.config.concat_image
     start = json.loads((tmp_path / "concat" / "log.jsonl").read_text().splitlines()[0])
     assert start["config"]["init_from"] == str(tmp_path / "base" / "teacher")
-    lrs = [json.loads(line)["lr"] for line in (tmp_path / "concat" / "log.jsonl").read_text().splitlines()[1:]
-           if "lr" in json.loads(line)]
+    lrs = [
+        json.loads(line)["lr"]
+        for line in (tmp_path / "concat" / "log.jsonl").read_text().splitlines()[1:]
+        if "lr" in json.loads(line)
+    ]
     assert lrs[-1] == pytest.approx(0.1 * max(lrs))  # the cooldown reached its floor on the last step
     weights = (res.exported / "model.safetensors").read_bytes()
     again = train_teacher_recipe("smoke", tmp_path)

@@ -10,7 +10,12 @@ from dd3g_core.teacher import MultiViewUNet, MultiViewUNetConfig
 from dd3g_core.teacher.attention import CrossAttention, sdpa_heads
 from dd3g_core.teacher.blocks import timestep_embedding
 from dd3g_core.weights import (
-    check_state_dict, diff_shapes, format_diff, load_unet_state_dict, read_state_dict_listing, state_dict_shapes,
+    check_state_dict,
+    diff_shapes,
+    format_diff,
+    load_unet_state_dict,
+    read_state_dict_listing,
+    state_dict_shapes,
 )
 
 LISTING = Path(__file__).parent / "data" / "imagedream_unet_state_dict.txt"  # copy of the shared reference
@@ -80,8 +85,13 @@ def test_real_forward_shapes_on_meta(real_meta):
     # LGM's call with CFG (reference §2 table): 2 x 5 rows of 4x32x32 latents, 77 text tokens, CLIP ViT-H tokens.
     with torch.device("meta"):
         out = real_meta(
-            torch.empty(10, 4, 32, 32), torch.empty(10), torch.empty(10, 77, 1024),
-            camera=torch.empty(10, 16), num_frames=5, ip=torch.empty(10, 257, 1280), ip_img=torch.empty(2, 4, 32, 32),
+            torch.empty(10, 4, 32, 32),
+            torch.empty(10),
+            torch.empty(10, 77, 1024),
+            camera=torch.empty(10, 16),
+            num_frames=5,
+            ip=torch.empty(10, 257, 1280),
+            ip_img=torch.empty(2, 4, 32, 32),
         )
         ip_tokens = real_meta.image_embed(torch.empty(10, 257, 1280))
     assert out.shape == (10, 4, 32, 32)
@@ -295,7 +305,9 @@ def test_ip_branch_is_a_separate_weighted_softmax():
     x, text, ip = torch.randn(2, 6, 16), torch.randn(2, 4, 12), torch.randn(2, 3, 12)
     out = attn(x, torch.cat([text, ip], 1))
     q = attn.to_q(x)
-    expected = sdpa_heads(q, attn.to_k(text), attn.to_v(text), 2) + 0.5 * sdpa_heads(q, attn.to_k_ip(ip), attn.to_v_ip(ip), 2)
+    expected = sdpa_heads(q, attn.to_k(text), attn.to_v(text), 2) + 0.5 * sdpa_heads(
+        q, attn.to_k_ip(ip), attn.to_v_ip(ip), 2
+    )
     assert torch.allclose(out, attn.to_out(expected), atol=1e-6)
 
 

@@ -15,12 +15,12 @@ import pytest
 import torch
 
 from dd3g_core import trajectories as tr
-from dd3g_core.profiles import get_profile
+from dd3g_core.distill.checkpoint import ResumeMismatchError, list_checkpoints
+from dd3g_core.distill.config import DistillConfig, apply_overrides, load_config
 from dd3g_core.model import PEPD
+from dd3g_core.profiles import get_profile
 from dd3g_core.shards import write_shards
 from dd3g_core.teacher import TinyTeacher
-from dd3g_core.distill.config import DistillConfig, apply_overrides, load_config
-from dd3g_core.distill.checkpoint import ResumeMismatchError, list_checkpoints
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST = dataclasses.replace(get_profile("smoke").trajectories, steps=2, record_steps=(0,), guidance=1.0)
@@ -28,7 +28,7 @@ FAST = dataclasses.replace(get_profile("smoke").trajectories, steps=2, record_st
 
 def rgba_image(i, size=64):
     a = np.zeros((size, size, 4), np.uint8)
-    a[12 + i: 44 + i, 16:48] = [(50 * i) % 256, 120, 200 - 20 * i, 255]
+    a[12 + i : 44 + i, 16:48] = [(50 * i) % 256, 120, 200 - 20 * i, 255]
     return a
 
 
@@ -41,16 +41,20 @@ def data(tmp_path_factory):
     teacher.save_pretrained(teacher_dir)
     for s in range(2):
         rgba = root / "rgba_images" / "v1" / f"shard-{s:05d}"
-        write_shards([{"__key__": f"s{s}_obj{i}", "rgba.png": rgba_image(i + 4 * s), "json": {}} for i in range(4)],
-                     rgba, samples_per_shard=4)
+        write_shards(
+            [{"__key__": f"s{s}_obj{i}", "rgba.png": rgba_image(i + 4 * s), "json": {}} for i in range(4)],
+            rgba,
+            samples_per_shard=4,
+        )
         tr.cache_shard(root, rgba, teacher, FAST, s)
     traj = next((root / "teacher_trajectories").iterdir())
     return {"root": root, "teacher": teacher_dir, "trajectories": traj}
 
 
 def smoke_config(data, out, **changes) -> DistillConfig:
-    cfg = load_config(preset="smoke").replace(trajectories=str(data["trajectories"]), out=str(out),
-                                              teacher=str(data["teacher"]), torch_threads=1)
+    cfg = load_config(preset="smoke").replace(
+        trajectories=str(data["trajectories"]), out=str(out), teacher=str(data["teacher"]), torch_threads=1
+    )
     return cfg.replace(**changes)
 
 
@@ -60,8 +64,16 @@ def test_config_files_and_overrides(tmp_path):
     run = tmp_path / "run.json"
     run.write_text('{"_comment": "a run config", "preset": "smoke", "steps": 3}')
     assert load_config(run) == get_profile("smoke").distill.replace(steps=3)
-    cfg = apply_overrides(load_config(preset="tiny"), ["steps=7", "implicit_ramp=[1,2]", "model_overrides.depth=2",
-                                                       "model_overrides.shape_block=2", "model_overrides.mu_block=1"])
+    cfg = apply_overrides(
+        load_config(preset="tiny"),
+        [
+            "steps=7",
+            "implicit_ramp=[1,2]",
+            "model_overrides.depth=2",
+            "model_overrides.shape_block=2",
+            "model_overrides.mu_block=1",
+        ],
+    )
     assert cfg.steps == 7 and cfg.implicit_ramp == (1, 2) and cfg.model_overrides["depth"] == 2
     with pytest.raises(ValueError, match="unknown DistillConfig keys"):
         apply_overrides(cfg, ["stepz=3"])
@@ -166,9 +178,23 @@ def test_resume_after_kill_loses_at_most_one_checkpoint_interval(tmp_path, data)
 def test_two_gloo_processes_keep_parameters_in_sync(tmp_path, data):
     """`accelerate launch --multi_gpu --num_processes 2` on a CPU machine: two gloo ranks."""
     cfg = smoke_config(data, tmp_path / "run", steps=4, checkpoint_every=2)
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29517",
-           "-m"] + _train_cmd(cfg)[2:]
+    cmd = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--main_process_port",
+        "29517",
+        "-m",
+    ] + _train_cmd(cfg)[2:]
     env = dict(os.environ, OMP_NUM_THREADS="1")
     res = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-3000:]
@@ -185,8 +211,8 @@ def test_two_gloo_processes_keep_parameters_in_sync(tmp_path, data):
 def test_build_student_takes_phase1_from_the_teacher_unet():
     """Phase 1 is the teacher's U-Net: a teacher trained with image concatenation (6-channel stem)
     gives a student with the same stem, initialised from its weights; an explicit override wins."""
-    from dd3g_core.model import PEPDConfig
     from dd3g_core.distill.train import build_student
+    from dd3g_core.model import PEPDConfig
 
     base = PEPDConfig.preset("tiny").unet
     teacher = TinyTeacher(unet_config=base.replace(concat_image=True), seed=0).eval()

@@ -72,7 +72,9 @@ def test_round_trip_reproduces_views_and_records_rejects(tmp_path, teacher):
     s0 = samples[0]
     assert s0["input.png"].shape == (32, 32, 4) and np.array_equal(s0["input.png"], rgba_image(0))
     assert s0["noise.npy"].shape == (f, c, h, w) and s0["noise.npy"].dtype == np.float32
-    assert s0["cameras.npy"].shape == (f, 16) and s0["viewmats.npy"].shape == (v, 4, 4) and s0["ks.npy"].shape == (v, 3, 3)
+    assert (
+        s0["cameras.npy"].shape == (f, 16) and s0["viewmats.npy"].shape == (v, 4, 4) and s0["ks.npy"].shape == (v, 3, 3)
+    )
     assert s0["views.npy"].shape == (v, 3, 32, 32) and s0["views.npy"].dtype == np.float32
     assert s0["xt.npy"].shape == (1, f, c, h, w)
     rec = s0["json"]

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from dd3g_core.render.views import composite_on_background, orbit_views, render_rgba
 from dd3g_core.world import (
     BACKGROUND_PALETTE,
     PATTERNS,
@@ -20,10 +21,8 @@ from dd3g_core.world import (
     split_of,
     split_seeds,
 )
-from dd3g_core.render.views import composite_on_background, orbit_views, render_rgba
 from dd3g_core.world.geometry import matrix_to_quat, quat_to_matrix
 from dd3g_core.world.primitives import make_primitive
-
 
 
 def same(a, b) -> bool:

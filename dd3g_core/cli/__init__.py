@@ -22,8 +22,8 @@ import json
 import os
 import re
 import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 PROG = "dd3g"
 EXIT_USAGE = 2
@@ -85,8 +85,16 @@ def _run_turntable(args) -> int:
 
     _turntable_format(args.output)  # refuse a bad extension before loading or rendering
     g = _load(args.model)
-    save_turntable(g, args.output, num_frames=args.frames, elevation_deg=args.elevation, resolution=args.resolution,
-                   background=args.background, fps=args.fps, backend=args.backend)
+    save_turntable(
+        g,
+        args.output,
+        num_frames=args.frames,
+        elevation_deg=args.elevation,
+        resolution=args.resolution,
+        background=args.background,
+        fps=args.fps,
+        backend=args.backend,
+    )
     print(args.output)
     return 0
 
@@ -110,8 +118,16 @@ def _run_grid(args) -> int:
     if Path(args.output).suffix.lower() != ".png":
         raise CLIError(f"grid output must end in .png, got {args.output!r}")
     g = _load(args.model)
-    save_views_grid(g, args.output, azimuths=args.azimuths, elevation_deg=args.elevation, resolution=args.resolution,
-                    background=args.background, ncols=args.ncols, backend=args.backend)
+    save_views_grid(
+        g,
+        args.output,
+        azimuths=args.azimuths,
+        elevation_deg=args.elevation,
+        resolution=args.resolution,
+        background=args.background,
+        ncols=args.ncols,
+        backend=args.backend,
+    )
     print(args.output)
     return 0
 
@@ -143,8 +159,14 @@ def _run_world_sample(args) -> int:
     if args.preview is not None:
         from ..exports import save_views_grid
 
-        save_views_grid(g, args.preview, resolution=args.resolution, elevation_deg=args.elevation,
-                        background=args.background, backend=args.backend)
+        save_views_grid(
+            g,
+            args.preview,
+            resolution=args.resolution,
+            elevation_deg=args.elevation,
+            background=args.background,
+            backend=args.backend,
+        )
         print(args.preview)
     return 0
 
@@ -195,9 +217,17 @@ def _run_teacher_pretrain(args) -> int:
         changes["cooldown_start"], changes["cooldown_steps"] = args.cooldown
     cfg = TeacherTrainConfig.preset(args.preset, **changes)
     res = pretrain_tiny_teacher(cfg, args.out, resume=args.resume, export_to=args.export, max_steps=args.max_steps)
-    print(json.dumps({"out": str(res.out_dir), "step": res.step, "checkpoint": str(res.checkpoint),
-                      "train_time_s": round(res.train_time_s, 1),
-                      "exported": None if res.exported is None else str(res.exported)}))
+    print(
+        json.dumps(
+            {
+                "out": str(res.out_dir),
+                "step": res.step,
+                "checkpoint": str(res.checkpoint),
+                "train_time_s": round(res.train_time_s, 1),
+                "exported": None if res.exported is None else str(res.exported),
+            }
+        )
+    )
     return 0
 
 
@@ -205,8 +235,16 @@ def _run_teacher_recipe(args) -> int:
     from ..teacher.training.recipe import train_teacher_recipe
 
     res = train_teacher_recipe(args.recipe, args.out, resume=args.resume)
-    print(json.dumps({"out": str(args.out), "step": res.step, "checkpoint": str(res.checkpoint),
-                      "exported": None if res.exported is None else str(res.exported)}))
+    print(
+        json.dumps(
+            {
+                "out": str(args.out),
+                "step": res.step,
+                "checkpoint": str(res.checkpoint),
+                "exported": None if res.exported is None else str(res.exported),
+            }
+        )
+    )
     return 0
 
 
@@ -221,28 +259,57 @@ def _add_teacher(sub) -> None:
     p = sub.add_parser("teacher", help="the tiny multi-view teacher (see docs/teacher.md)")
     teacher = p.add_subparsers(dest="teacher_command", metavar="{pretrain,recipe,export}", required=True)
     t = teacher.add_parser("pretrain", help="train (or resume training) the tiny teacher on the procedural world")
-    t.add_argument("--preset", choices=["tiny", "tiny16", "tiny_s2d", "tiny_concat", "smoke"], default="tiny",
-                   help="training preset (docs/teacher.md); tiny16/tiny_concat grow a trained teacher")
-    t.add_argument("--init-from", default=None,
-                   help="teacher folder to grow from when there is no checkpoint yet (tiny16/tiny_concat; "
-                        "default: the shipped assets/models/tiny-teacher)")
+    t.add_argument(
+        "--preset",
+        choices=["tiny", "tiny16", "tiny_s2d", "tiny_concat", "smoke"],
+        default="tiny",
+        help="training preset (docs/teacher.md); tiny16/tiny_concat grow a trained teacher",
+    )
+    t.add_argument(
+        "--init-from",
+        default=None,
+        help="teacher folder to grow from when there is no checkpoint yet (tiny16/tiny_concat; "
+        "default: the shipped assets/models/tiny-teacher)",
+    )
     t.add_argument("--out", default="teacher_run", help="run directory (checkpoints, log.jsonl, data cache)")
-    t.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
-                   help="continue from the newest checkpoint in --out (default) or start over")
-    t.add_argument("--export", default=None, help="write the EMA teacher here at the end (e.g. assets/models/tiny-teacher)")
+    t.add_argument(
+        "--resume",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="continue from the newest checkpoint in --out (default) or start over",
+    )
+    t.add_argument(
+        "--export", default=None, help="write the EMA teacher here at the end (e.g. assets/models/tiny-teacher)"
+    )
     t.add_argument("--max-steps", type=_positive_int, default=None, help="stop at this total step count")
     t.add_argument("--data-dir", default=None, help="multi-view cache directory (default: OUT/data)")
     t.add_argument("--threads", type=_positive_int, default=None, help="torch threads (preset default)")
-    t.add_argument("--cooldown", type=_positive_int, nargs=2, metavar=("START", "STEPS"), default=None,
-                   help="decay the LR linearly to 0.1x over STEPS steps from step START (set when resuming "
-                        "a background run whose end is now chosen; pair with --max-steps START+STEPS)")
+    t.add_argument(
+        "--cooldown",
+        type=_positive_int,
+        nargs=2,
+        metavar=("START", "STEPS"),
+        default=None,
+        help="decay the LR linearly to 0.1x over STEPS steps from step START (set when resuming "
+        "a background run whose end is now chosen; pair with --max-steps START+STEPS)",
+    )
     t.set_defaults(func=_run_teacher_pretrain)
     r = teacher.add_parser("recipe", help="rerun the staged recipe that made the shipped teacher (resumable)")
-    r.add_argument("--recipe", choices=["shipped", "smoke"], default="shipped",
-                   help="shipped: ~4 h on 2 cores (docs/teacher.md); smoke: seconds")
-    r.add_argument("--out", default="teacher_recipe", help="run directory (one sub-directory per stage, data/, teacher/)")
-    r.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
-                   help="continue every stage from its newest checkpoint (default) or start over")
+    r.add_argument(
+        "--recipe",
+        choices=["shipped", "smoke"],
+        default="shipped",
+        help="shipped: ~4 h on 2 cores (docs/teacher.md); smoke: seconds",
+    )
+    r.add_argument(
+        "--out", default="teacher_recipe", help="run directory (one sub-directory per stage, data/, teacher/)"
+    )
+    r.add_argument(
+        "--resume",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="continue every stage from its newest checkpoint (default) or start over",
+    )
     r.set_defaults(func=_run_teacher_recipe)
     e = teacher.add_parser("export", help="write a training checkpoint's EMA weights as a TinyTeacher folder")
     e.add_argument("--checkpoint", required=True, help="a run directory (newest checkpoint) or a step_* directory")

@@ -1,13 +1,12 @@
 """``dd3g generate``: image -> 3D Gaussians with a trained PEPD student (``dd3g_core.generate``).
 
-    dd3g generate IMAGE [--seed S] [--num-samples K] [--checkpoint DIR] [--teacher DIR] -o OUT/
-                  [--interpolate SEED2 [--interp-steps 8]] [--matting auto|colorkey|rembg|none]
-                  [--rembg-model PATH] [--resolution 128] [--frames 36] [--mp4]
+dd3g generate IMAGE [--seed S] [--num-samples K] [--checkpoint DIR] [--teacher DIR] -o OUT/
+              [--interpolate SEED2 [--interp-steps 8]] [--matting auto|colorkey|rembg|none]
+              [--rembg-model PATH] [--resolution 128] [--frames 36] [--mp4]
 """
 
 from __future__ import annotations
 
-import argparse
 import time
 from pathlib import Path
 
@@ -32,8 +31,9 @@ def _run_generate(args) -> int:
         raise FileNotFoundError(f"input image {image} does not exist")
     ckpt = Path(args.checkpoint)
     gen = Generator.load(ckpt, args.teacher)
-    rgba, record = prepare_image(image, resolution=args.input_resolution, matting=args.matting,
-                                 rembg_model=args.rembg_model)
+    rgba, record = prepare_image(
+        image, resolution=args.input_resolution, matting=args.matting, rembg_model=args.rembg_model
+    )
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
     save_png(rgba, out / f"{image.stem}_input.png")
@@ -46,7 +46,9 @@ def _run_generate(args) -> int:
         g = gen(rgba, gen.noise(seed))
         dt = time.perf_counter() - t0
         paths = write_sample(g, out, f"{image.stem}_s{seed}", args.resolution, args.frames, bg, ext)
-        summary["samples"].append({"seed": seed, "gaussians": int(g.means.shape[0]), "forward_s": round(dt, 4), **paths})
+        summary["samples"].append(
+            {"seed": seed, "gaussians": int(g.means.shape[0]), "forward_s": round(dt, 4), **paths}
+        )
         print(f"seed {seed}: {g.means.shape[0]} Gaussians in {dt * 1000:.0f} ms -> {paths['ply']}")
     if args.interpolate is not None:
         a, b = gen.noise(args.seed), gen.noise(args.interpolate)
@@ -62,13 +64,23 @@ def _run_generate(args) -> int:
         strip = np.concatenate([views_grid(f, ncols=1) for f in frames], axis=1)  # columns = interpolation steps
         save_png(strip, out / f"{image.stem}_interp_{args.seed}_{args.interpolate}.png")
         mid = gen(rgba, slerp(a, b, 0.5))
-        save_turntable(mid, out / f"{image.stem}_interp_{args.seed}_{args.interpolate}_mid{ext}",
-                       num_frames=args.frames, resolution=args.resolution, background=bg)
-        summary["interpolation"] = {"seeds": [args.seed, args.interpolate], "steps": args.interp_steps,
-                                    "plys": [f"{s}.ply" for s in stems],
-                                    "strip": f"{image.stem}_interp_{args.seed}_{args.interpolate}.png"}
-        print(f"interpolation {args.seed} -> {args.interpolate}: {args.interp_steps} steps -> "
-              f"{out / summary['interpolation']['strip']}")
+        save_turntable(
+            mid,
+            out / f"{image.stem}_interp_{args.seed}_{args.interpolate}_mid{ext}",
+            num_frames=args.frames,
+            resolution=args.resolution,
+            background=bg,
+        )
+        summary["interpolation"] = {
+            "seeds": [args.seed, args.interpolate],
+            "steps": args.interp_steps,
+            "plys": [f"{s}.ply" for s in stems],
+            "strip": f"{image.stem}_interp_{args.seed}_{args.interpolate}.png",
+        }
+        print(
+            f"interpolation {args.seed} -> {args.interpolate}: {args.interp_steps} steps -> "
+            f"{out / summary['interpolation']['strip']}"
+        )
     write_summary(out, summary)
     return 0
 
@@ -79,11 +91,19 @@ def add_generate(sub) -> None:
     p.add_argument("-o", "--output", required=True, help="output directory")
     p.add_argument("--seed", type=int, default=0, help="noise seed of the first sample")
     p.add_argument("--num-samples", type=int, default=1, help="noise draws (seeds S, S+1, ...)")
-    p.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT),
-                   help="PEPD folder (config.json + model.safetensors); default: the shipped tiny student")
+    p.add_argument(
+        "--checkpoint",
+        default=str(DEFAULT_CHECKPOINT),
+        help="PEPD folder (config.json + model.safetensors); default: the shipped tiny student",
+    )
     p.add_argument("--teacher", default=None, help="teacher folder the student was distilled from (default: tiny)")
-    p.add_argument("--interpolate", type=int, default=None, metavar="SEED2",
-                   help="also walk from --seed to SEED2 by slerp of the noise")
+    p.add_argument(
+        "--interpolate",
+        type=int,
+        default=None,
+        metavar="SEED2",
+        help="also walk from --seed to SEED2 by slerp of the noise",
+    )
     p.add_argument("--interp-steps", type=int, default=8)
     p.add_argument("--matting", choices=["auto", "colorkey", "rembg", "none"], default="auto")
     p.add_argument("--rembg-model", default=None, help="local rembg/u2net .onnx (for photos without alpha)")

@@ -28,8 +28,15 @@ from torch import nn
 
 from ..io import atomic_write_json
 
-__all__ = ["CHECKPOINT_RE", "list_checkpoints", "latest_checkpoint", "save_checkpoint", "load_checkpoint",
-           "ema_state_dict", "ResumeMismatchError"]
+__all__ = [
+    "CHECKPOINT_RE",
+    "list_checkpoints",
+    "latest_checkpoint",
+    "save_checkpoint",
+    "load_checkpoint",
+    "ema_state_dict",
+    "ResumeMismatchError",
+]
 
 CHECKPOINT_RE = re.compile(r"^step_(\d{8})$")
 STATE_NAME = "trainer_state.json"
@@ -63,8 +70,9 @@ def ema_state_dict(model: nn.Module, ema) -> dict[str, torch.Tensor]:
     return {n: p.detach().cpu().contiguous() for n, p in zip(names, ema.shadow_params)}
 
 
-def save_checkpoint(accelerator, model: nn.Module, ema, step: int, out: str | Path, record: dict[str, Any],
-                    keep: int = 2) -> Path:
+def save_checkpoint(
+    accelerator, model: nn.Module, ema, step: int, out: str | Path, record: dict[str, Any], keep: int = 2
+) -> Path:
     """Collective: every rank calls it (Accelerate saves per-rank RNG states)."""
     from safetensors.torch import save_file
 
@@ -79,7 +87,9 @@ def save_checkpoint(accelerator, model: nn.Module, ema, step: int, out: str | Pa
     accelerator.save_state(str(tmp), safe_serialization=True)
     if accelerator.is_main_process:
         save_file(ema_state_dict(accelerator.unwrap_model(model), ema), str(tmp / EMA_NAME))
-        atomic_write_json(tmp / STATE_NAME, {**record, "step": step, "ema_optimization_step": int(ema.optimization_step)})
+        atomic_write_json(
+            tmp / STATE_NAME, {**record, "step": step, "ema_optimization_step": int(ema.optimization_step)}
+        )
         if final.exists():
             shutil.rmtree(final)
         tmp.rename(final)
@@ -89,8 +99,9 @@ def save_checkpoint(accelerator, model: nn.Module, ema, step: int, out: str | Pa
     return final
 
 
-def load_checkpoint(accelerator, model: nn.Module, ema, checkpoint: str | Path,
-                    identity: dict[str, Any] | None = None) -> dict[str, Any]:
+def load_checkpoint(
+    accelerator, model: nn.Module, ema, checkpoint: str | Path, identity: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """Restore model/optimizer/scheduler/RNG (Accelerate) and the EMA; returns the trainer record.
 
     With ``identity`` (``DistillConfig.identity()``), a checkpoint of another config is refused
@@ -101,11 +112,16 @@ def load_checkpoint(accelerator, model: nn.Module, ema, checkpoint: str | Path,
     record = json.loads((checkpoint / STATE_NAME).read_text())
     if identity is not None:
         theirs = record.get("config_identity", {})
-        diff = {k: (identity.get(k), theirs.get(k)) for k in sorted(set(identity) | set(theirs))
-                if identity.get(k) != theirs.get(k)}
+        diff = {
+            k: (identity.get(k), theirs.get(k))
+            for k in sorted(set(identity) | set(theirs))
+            if identity.get(k) != theirs.get(k)
+        }
         if diff:
-            raise ResumeMismatchError(f"{checkpoint} belongs to a run with another config; differing keys "
-                                      f"(this run, checkpoint): {diff}. Use a new --out or delete the run.")
+            raise ResumeMismatchError(
+                f"{checkpoint} belongs to a run with another config; differing keys "
+                f"(this run, checkpoint): {diff}. Use a new --out or delete the run."
+            )
     accelerator.load_state(str(checkpoint))
     ema_sd = load_file(str(checkpoint / EMA_NAME))
     names = [n for n, _ in accelerator.unwrap_model(model).named_parameters()]

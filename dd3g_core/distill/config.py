@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Mapping, get_args
+from typing import Any, Literal, get_args
 
 __all__ = ["DistillConfig", "load_config", "apply_overrides", "preset_config"]
 
@@ -70,8 +71,16 @@ class DistillConfig:
         for name, lit in (("mixed_precision", MixedPrecision), ("init", Init)):
             if getattr(self, name) not in get_args(lit):
                 raise ValueError(f"{name} must be one of {get_args(lit)}, got {getattr(self, name)!r}")
-        for name in ("steps", "batch_size", "grad_accum", "log_every", "checkpoint_every", "keep_checkpoints",
-                     "implicit_every", "max_bad_steps"):
+        for name in (
+            "steps",
+            "batch_size",
+            "grad_accum",
+            "log_every",
+            "checkpoint_every",
+            "keep_checkpoints",
+            "implicit_every",
+            "max_bad_steps",
+        ):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         for name in ("implicit_ramp", "implicit_t_range", "implicit_azimuth_range", "implicit_elevation_range"):
@@ -86,7 +95,7 @@ class DistillConfig:
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in d.items()}
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "DistillConfig":
+    def from_dict(cls, d: Mapping[str, Any]) -> DistillConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - known - {"preset", "_comment"})
         if unknown:
@@ -94,7 +103,7 @@ class DistillConfig:
         base = preset_config(d["preset"]) if "preset" in d else cls()
         return dataclasses.replace(base, **{k: v for k, v in d.items() if k in known})
 
-    def replace(self, **changes: Any) -> "DistillConfig":
+    def replace(self, **changes: Any) -> DistillConfig:
         return dataclasses.replace(self, **changes)
 
     def identity(self) -> dict[str, Any]:
@@ -134,14 +143,17 @@ def apply_overrides(config: DistillConfig, overrides: list[str]) -> DistillConfi
     return DistillConfig.from_dict({**config.to_dict(), **changes})
 
 
-def load_config(path: str | Path | None = None, preset: str | None = None,
-                overrides: list[str] | None = None) -> DistillConfig:
+def load_config(
+    path: str | Path | None = None, preset: str | None = None, overrides: list[str] | None = None
+) -> DistillConfig:
     """Config from a JSON file (which may name a ``preset`` to start from), a preset, then overrides."""
     if path is not None:
         p = Path(path)
         if not p.is_file():
-            raise FileNotFoundError(f"config file {p} does not exist (a JSON object of DistillConfig fields, optionally "
-                                    f"naming a \"preset\": tiny, smoke or full)")
+            raise FileNotFoundError(
+                f"config file {p} does not exist (a JSON object of DistillConfig fields, optionally "
+                f'naming a "preset": tiny, smoke or full)'
+            )
         cfg = DistillConfig.from_dict(json.loads(p.read_text()))
     else:
         cfg = preset_config(preset or "tiny")

@@ -9,7 +9,8 @@ alpha ``[B, V, H, W, 1]``; teacher views OI are ``[B, V, 3, H, W]`` as cached.
 
 from __future__ import annotations
 
-from typing import Callable, Literal, get_args
+from collections.abc import Callable
+from typing import Literal, get_args
 
 import torch
 import torch.nn.functional as F
@@ -18,8 +19,13 @@ from torch import Tensor
 from ..teacher import sampler as ddim
 
 __all__ = [
-    "alpha_from_background", "explicit_supervision_loss", "implicit_verification_loss", "ramp_weight",
-    "sample_timesteps", "NonFiniteLossError", "SDSWeighting",
+    "alpha_from_background",
+    "explicit_supervision_loss",
+    "implicit_verification_loss",
+    "ramp_weight",
+    "sample_timesteps",
+    "NonFiniteLossError",
+    "SDSWeighting",
 ]
 
 SDSWeighting = Literal["sds", "uniform"]
@@ -31,8 +37,9 @@ class NonFiniteLossError(FloatingPointError):
     def __init__(self, terms: dict[str, float], keys: list[str], step: int):
         self.terms, self.keys, self.step = terms, keys, step
         bad = {k: v for k, v in terms.items() if not torch.isfinite(torch.tensor(v))}
-        super().__init__(f"non-finite loss at step {step}: {bad}; batch keys {keys[:16]}"
-                         f"{' ...' if len(keys) > 16 else ''}")
+        super().__init__(
+            f"non-finite loss at step {step}: {bad}; batch keys {keys[:16]}{' ...' if len(keys) > 16 else ''}"
+        )
 
 
 def alpha_from_background(
@@ -127,8 +134,9 @@ def implicit_verification_loss(
     abar = ddim.alpha_bar(teacher.scheduler, t.cpu()).to(x0.device)
     x_t = abar.sqrt() * x0 + (1 - abar).sqrt() * noise.to(x0)
     with torch.no_grad():
-        eps_hat = teacher.predict_noise(x_t.detach().to(teacher.dtype), t, condition, camera_embedding,
-                                        guidance=guidance).float()
+        eps_hat = teacher.predict_noise(
+            x_t.detach().to(teacher.dtype), t, condition, camera_embedding, guidance=guidance
+        ).float()
     w = (1 - abar) if weighting == "sds" else torch.ones_like(abar)
     grad = w * (eps_hat - noise.to(x0))  # NaN/Inf propagate: the trainer refuses the step
     target = (x0 - grad).detach()

@@ -51,16 +51,18 @@ class PerceptualLoss(nn.Module):
         self.requires_grad_(False)
 
     @classmethod
-    def from_file(cls, path: str | Path) -> "PerceptualLoss":
+    def from_file(cls, path: str | Path) -> PerceptualLoss:
         from safetensors.torch import load_file
 
         path = Path(path)
         if not path.is_file():
-            raise FileNotFoundError(f"perceptual weights {path} do not exist: export torchvision's VGG16 features "
-                                    f"to safetensors (see dd3g_core/perceptual.py) or set perceptual_weight=0")
+            raise FileNotFoundError(
+                f"perceptual weights {path} do not exist: export torchvision's VGG16 features "
+                f"to safetensors (see dd3g_core/perceptual.py) or set perceptual_weight=0"
+            )
         sd = load_file(str(path))
         m = cls()
-        feats = {k[len("features."):]: v for k, v in sd.items() if k.startswith("features.")}
+        feats = {k[len("features.") :]: v for k, v in sd.items() if k.startswith("features.")}
         missing = sorted(set(m.features.state_dict()) - set(feats))
         if missing:
             raise ValueError(f"{path} lacks VGG16 tensors {['features.' + k for k in missing[:6]]}")

@@ -32,15 +32,19 @@ from typing import Any, Protocol
 import torch
 
 from ..io import atomic_write_json
-from .losses import (
-    NonFiniteLossError, alpha_from_background, explicit_supervision_loss, implicit_verification_loss, ramp_weight,
-    sample_timesteps,
-)
 from ..model import PEPD, PEPDConfig
 from ..render import render
 from ..trajectories.sample import to_batch
-from .config import DistillConfig, load_config
 from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from .config import DistillConfig, load_config
+from .losses import (
+    NonFiniteLossError,
+    alpha_from_background,
+    explicit_supervision_loss,
+    implicit_verification_loss,
+    ramp_weight,
+    sample_timesteps,
+)
 
 __all__ = ["main", "train", "build_student", "compute_losses"]
 
@@ -60,8 +64,16 @@ def build_student(cfg: DistillConfig, teacher) -> PEPD:
     return model
 
 
-def compute_losses(model, teacher, b: dict[str, Any], cfg: DistillConfig, step: int, micro: int,
-                   generator: torch.Generator, perceptual=None) -> dict[str, torch.Tensor]:
+def compute_losses(
+    model,
+    teacher,
+    b: dict[str, Any],
+    cfg: DistillConfig,
+    step: int,
+    micro: int,
+    generator: torch.Generator,
+    perceptual=None,
+) -> dict[str, torch.Tensor]:
     """The joint objective of one micro-batch: ``L = L_exp + ramp(step) * lambda * L_imp``."""
     res = b["views"].shape[-1]
     bg = torch.tensor(teacher.background, dtype=torch.float32, device=b["noise"].device)
@@ -72,8 +84,9 @@ def compute_losses(model, teacher, b: dict[str, Any], cfg: DistillConfig, step: 
     with torch.autocast(device_type=b["noise"].device.type, enabled=False):  # rasterize in fp32
         r = render(g, b["viewmats"], b["Ks"], res, res, background=bg, backend=cfg.render_backend)
     alpha_t = alpha_from_background(b["views"], tuple(teacher.background), cfg.alpha_softness)
-    terms = explicit_supervision_loss(r.rgb, r.alpha, b["views"], alpha_t, cfg.alpha_weight, perceptual,
-                                      cfg.perceptual_weight)
+    terms = explicit_supervision_loss(
+        r.rgb, r.alpha, b["views"], alpha_t, cfg.alpha_weight, perceptual, cfg.perceptual_weight
+    )
     losses = {"exp_" + k: v for k, v in terms.items()}
     ramp = ramp_weight(step, *cfg.implicit_ramp)
     total = terms["total"]
@@ -84,15 +97,23 @@ def compute_losses(model, teacher, b: dict[str, Any], cfg: DistillConfig, step: 
         el = lo + (hi - lo) * torch.rand((), generator=generator).item()
         cams = teacher.cameras(az, el, resolution=res)
         with torch.autocast(device_type=b["noise"].device.type, enabled=False):
-            r2 = render(g, cams.viewmats.to(bg.device), cams.Ks.to(bg.device), res, res, background=bg,
-                        backend=cfg.render_backend)
+            r2 = render(
+                g,
+                cams.viewmats.to(bg.device),
+                cams.Ks.to(bg.device),
+                res,
+                res,
+                background=bg,
+                backend=cfg.render_backend,
+            )
         bsz, v = r2.rgb.shape[:2]
         latent = teacher.latent_shape(v)
         eps = torch.randn((bsz, v, *latent[1:]), generator=generator).to(bg.device)
         t = sample_timesteps(bsz, teacher.scheduler.config.num_train_timesteps, cfg.implicit_t_range, generator)
         guidance = teacher.default_guidance if cfg.implicit_guidance is None else cfg.implicit_guidance
-        imp = implicit_verification_loss(teacher, r2.rgb.permute(0, 1, 4, 2, 3), condition, cams.embedding, t, eps,
-                                         guidance, cfg.implicit_weighting)
+        imp = implicit_verification_loss(
+            teacher, r2.rgb.permute(0, 1, 4, 2, 3), condition, cams.embedding, t, eps, guidance, cfg.implicit_weighting
+        )
         losses["imp_sds"], losses["imp_grad_rms"] = imp["sds"], imp["grad_norm"]
         total = total + ramp * cfg.implicit_weight * imp["sds"]
     losses["ramp"] = torch.tensor(ramp)
@@ -153,8 +174,11 @@ def train(cfg: DistillConfig, reporter: Reporter | None = None) -> dict[str, Any
     # 1. Accelerator and per-rank seeding (seed + rank for model-side randomness)
     # cpu=True on a CUDA-less machine: with LOCAL_RANK set (`accelerate launch --multi_gpu`) Accelerate
     # then initialises gloo (MULTI_CPU); without it every rank would train alone.
-    accelerator = Accelerator(gradient_accumulation_steps=cfg.grad_accum, mixed_precision=cfg.mixed_precision,
-                              cpu=not torch.cuda.is_available())
+    accelerator = Accelerator(
+        gradient_accumulation_steps=cfg.grad_accum,
+        mixed_precision=cfg.mixed_precision,
+        cpu=not torch.cuda.is_available(),
+    )
     set_seed(cfg.seed, device_specific=True)
     rank, world = accelerator.process_index, accelerator.num_processes
     reporter = reporter if (reporter is not None and accelerator.is_main_process) else _NoReporter()
@@ -168,15 +192,19 @@ def train(cfg: DistillConfig, reporter: Reporter | None = None) -> dict[str, Any
 
         perceptual = PerceptualLoss.from_file(cfg.perceptual_weights).to(accelerator.device)
     # 3. optimizer, schedule, EMA; prepare
-    opt = torch.optim.AdamW(_param_groups(model, cfg), lr=cfg.lr, weight_decay=cfg.weight_decay,
-                            betas=(0.9, 0.99))
+    opt = torch.optim.AdamW(_param_groups(model, cfg), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.99))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _WarmupCosine(cfg.warmup_steps, cfg.steps, cfg.min_lr_ratio))
     model, opt, sched = accelerator.prepare(model, opt, sched)
     ema = EMAModel(accelerator.unwrap_model(model).parameters(), decay=cfg.ema_decay)
     ema.to(accelerator.device)
     # 4. resume
-    record: dict[str, Any] = {"config": cfg.to_dict(), "config_identity": cfg.identity(), "history": [],
-                              "bad_steps": [], "world_size": world}
+    record: dict[str, Any] = {
+        "config": cfg.to_dict(),
+        "config_identity": cfg.identity(),
+        "history": [],
+        "bad_steps": [],
+        "world_size": world,
+    }
     step = 0
     ckpt = latest_checkpoint(out)
     if ckpt is not None:
@@ -187,11 +215,17 @@ def train(cfg: DistillConfig, reporter: Reporter | None = None) -> dict[str, Any
         reporter.log(f"resumed from {ckpt} at step {step}")
     out.mkdir(parents=True, exist_ok=True)  # every rank: each writes its own skip log and digest here
     n_micro = cfg.batch_size * cfg.grad_accum
-    loader = make_train_loader(cfg.trajectories, cfg.batch_size, num_workers=cfg.num_workers,
-                               shuffle_buffer=cfg.shuffle_buffer,
-                               epoch_samples=(cfg.steps - step) * n_micro // max(cfg.num_workers, 1) + n_micro,
-                               seed=cfg.seed * 7919 + step, decode="rgba8", drop_last=True,
-                               skip_log=out / f"skipped_rank{rank}.jsonl")
+    loader = make_train_loader(
+        cfg.trajectories,
+        cfg.batch_size,
+        num_workers=cfg.num_workers,
+        shuffle_buffer=cfg.shuffle_buffer,
+        epoch_samples=(cfg.steps - step) * n_micro // max(cfg.num_workers, 1) + n_micro,
+        seed=cfg.seed * 7919 + step,
+        decode="rgba8",
+        drop_last=True,
+        skip_log=out / f"skipped_rank{rank}.jsonl",
+    )
     generator = torch.Generator().manual_seed(cfg.seed * 1_000_003 + rank * 10_007 + step)
     # 5. the loop
     from tqdm.auto import tqdm
@@ -238,11 +272,15 @@ def train(cfg: DistillConfig, reporter: Reporter | None = None) -> dict[str, Any
         bar.update(1)
         if step % cfg.log_every == 0 or step == cfg.steps:
             now = time.perf_counter()
-            mean = {k: sum(w[k] for w in window if k in w) / max(1, sum(k in w for w in window))
-                    for k in window[-1]}
-            entry = {"step": step, **{k: round(v, 6) for k, v in mean.items()},
-                     "lr": sched.get_last_lr()[-1], "grad_norm": float(grad_norm) if grad_norm is not None else None,
-                     "s_per_step": (now - t_last) / cfg.log_every, "time": time.time()}
+            mean = {k: sum(w[k] for w in window if k in w) / max(1, sum(k in w for w in window)) for k in window[-1]}
+            entry = {
+                "step": step,
+                **{k: round(v, 6) for k, v in mean.items()},
+                "lr": sched.get_last_lr()[-1],
+                "grad_norm": float(grad_norm) if grad_norm is not None else None,
+                "s_per_step": (now - t_last) / cfg.log_every,
+                "time": time.time(),
+            }
             t_last, window = now, []
             record["history"].append(entry)
             if accelerator.is_main_process:
@@ -268,39 +306,52 @@ def _export(accelerator, model, ema, cfg, out: Path, record, step, read_skip_log
 
     unwrapped = accelerator.unwrap_model(model)
     digest = state_dict_digest([unwrapped])  # ranks compare these: DDP must keep them identical
-    atomic_write_json(out / f"param_digest_rank{accelerator.process_index}.json",
-                      {"step": step, "digest": digest, "world_size": accelerator.num_processes})
+    atomic_write_json(
+        out / f"param_digest_rank{accelerator.process_index}.json",
+        {"step": step, "digest": digest, "world_size": accelerator.num_processes},
+    )
     result: dict[str, Any] = {"step": step, "out": str(out), "pepd": str(out / "pepd")}
     if accelerator.is_main_process:
         from safetensors.torch import save_file
 
         raw_sd = {k: v.detach().cpu().contiguous() for k, v in unwrapped.state_dict().items()}
-        extra = {"teacher": cfg.teacher or "tiny (assets/models/tiny-teacher)", "train_step": step,
-                 "distill_config": cfg.to_dict()}
+        extra = {
+            "teacher": cfg.teacher or "tiny (assets/models/tiny-teacher)",
+            "train_step": step,
+            "distill_config": cfg.to_dict(),
+        }
         unwrapped.save_pretrained(out / "pepd", state_dict={**raw_sd, **ema_state_dict(unwrapped, ema)}, extra=extra)
         save_file(raw_sd, str(out / "pepd" / "model_raw.safetensors"))
         weights_sha = sha256_file(out / "pepd" / "model.safetensors")
         skipped = sum(len(read_skip_log(p)) for p in out.glob("skipped_rank*.jsonl"))
         hist = record["history"]
-        result.update({
-            "data_version": weights_sha[:16],
-            "metadata": {
-                "checkpoint": str(out / "pepd"), "step": step, "world_size": accelerator.num_processes,
-                "final_loss": hist[-1]["total"] if hist else math.nan,
-                "final_rgb_mse": hist[-1]["exp_rgb"] if hist else math.nan,
-                "loss_curve": [[h["step"], h["total"]] for h in hist],
-                "parameters": unwrapped.num_parameters(), "bad_steps": len(record["bad_steps"]),
-                "skipped_samples": skipped, "weights_sha256": weights_sha,
-            },
-        })
+        result.update(
+            {
+                "data_version": weights_sha[:16],
+                "metadata": {
+                    "checkpoint": str(out / "pepd"),
+                    "step": step,
+                    "world_size": accelerator.num_processes,
+                    "final_loss": hist[-1]["total"] if hist else math.nan,
+                    "final_rgb_mse": hist[-1]["exp_rgb"] if hist else math.nan,
+                    "loss_curve": [[h["step"], h["total"]] for h in hist],
+                    "parameters": unwrapped.num_parameters(),
+                    "bad_steps": len(record["bad_steps"]),
+                    "skipped_samples": skipped,
+                    "weights_sha256": weights_sha,
+                },
+            }
+        )
         atomic_write_json(out / "result.json", result)
     return result
 
 
 def main(argv: list[str] | None = None, reporter: Reporter | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m dd3g_core.distill.train", description=__doc__.split("\n\n")[0])
-    p.add_argument("--config", help="JSON run config: DistillConfig fields, optionally a \"preset\" to start from")
-    p.add_argument("--preset", help="a profile's distill settings instead of a file (tiny, smoke, full, or a profile file)")
+    p.add_argument("--config", help='JSON run config: DistillConfig fields, optionally a "preset" to start from')
+    p.add_argument(
+        "--preset", help="a profile's distill settings instead of a file (tiny, smoke, full, or a profile file)"
+    )
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field")
     args = p.parse_args(argv)
     cfg = load_config(args.config, args.preset, args.set)

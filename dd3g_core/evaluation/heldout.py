@@ -22,13 +22,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 from torch import Tensor
 
 from ..cameras import orbit_cameras
-from .metrics import psnr, ssim
 from ..images import prepare_images, resize_square
+from .metrics import psnr, ssim
 
 __all__ = ["HeldoutSet", "heldout_set", "evaluate_student", "NOVEL_AZIMUTHS", "NOVEL_ELEVATION"]
 
@@ -53,8 +52,8 @@ def _novel_cameras(layout, resolution: int) -> tuple[Tensor, Tensor]:
 
 
 def heldout_set(n: int, teacher, num_gaussians: int = 3000, supersample: int = 2) -> HeldoutSet:
-    from ..teacher.training.data import RenderSpec, render_example
     from ..render.views import render_views
+    from ..teacher.training.data import RenderSpec, render_example
     from ..world import sample_object, split_seeds
 
     layout = teacher.layout
@@ -86,8 +85,9 @@ def _layout_name(layout) -> str:
 
 
 @torch.no_grad()
-def evaluate_student(model, teacher, data: HeldoutSet, draws: int = 2, batch: int = 16,
-                     backend: str = "auto") -> dict[str, float]:
+def evaluate_student(
+    model, teacher, data: HeldoutSet, draws: int = 2, batch: int = 16, backend: str = "auto"
+) -> dict[str, float]:
     from ..render import render
     from ..trajectories import noise_seed
 
@@ -103,7 +103,6 @@ def evaluate_student(model, teacher, data: HeldoutSet, draws: int = 2, batch: in
     for s in range(0, len(data.seeds), batch):
         sl = slice(s, s + batch)
         inputs, gt, ngt = data.inputs[sl], data.gt[sl], data.novel_gt[sl]
-        b = inputs.shape[0]
         cond = teacher.encode_condition(inputs)
         copy = prepare_images(inputs, res, teacher.background)[:, None].expand(-1, v, -1, -1, -1)
         renders = []

@@ -18,6 +18,13 @@ def ssim(pred: Tensor, gt: Tensor) -> Tensor:  # [B, V, 3, H, W] x2 -> [B, V]
     from torchmetrics.functional.image import structural_similarity_index_measure as ssim_fn
 
     b, v = pred.shape[:2]
-    s = ssim_fn(pred.clamp(0, 1).flatten(0, 1).double(), gt.flatten(0, 1).double(), gaussian_kernel=True,
-                sigma=1.5, kernel_size=11, data_range=1.0, reduction="none")
+    s = ssim_fn(
+        pred.clamp(0, 1).flatten(0, 1).double(),
+        gt.flatten(0, 1).double(),
+        gaussian_kernel=True,
+        sigma=1.5,
+        kernel_size=11,
+        data_range=1.0,
+        reduction="none",
+    )
     return s.float().reshape(b, v)

@@ -1,6 +1,6 @@
 """The student: PEPD (``pepd.py``), its options (``config.py``) and Gaussian heads (``heads.py``)."""
 
-from .config import PEPDConfig, PRESETS
+from .config import PRESETS, PEPDConfig
 from .heads import GaussianHeads
 from .pepd import PEPD, ConfigMismatchError, PEPDOutput
 

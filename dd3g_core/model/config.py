@@ -25,8 +25,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 from ..teacher.config import MultiViewUNetConfig
 
@@ -72,15 +73,21 @@ class PEPDConfig:
         if not 1 <= self.phase1_output_blocks <= n_out:
             raise ValueError(f"phase1_output_blocks must be in [1, {n_out}], got {self.phase1_output_blocks}")
         if not 1 <= self.mu_block <= self.shape_block <= self.depth:
-            raise ValueError(f"need 1 <= mu_block ({self.mu_block}) <= shape_block ({self.shape_block}) "
-                             f"<= depth ({self.depth}): geometry is read before appearance")
+            raise ValueError(
+                f"need 1 <= mu_block ({self.mu_block}) <= shape_block ({self.shape_block}) "
+                f"<= depth ({self.depth}): geometry is read before appearance"
+            )
         if self.width % self.heads:
             raise ValueError(f"width {self.width} not divisible by heads {self.heads}")
         if self.image_resolution % self.image_patch:
-            raise ValueError(f"image_resolution {self.image_resolution} not divisible by image_patch {self.image_patch}")
+            raise ValueError(
+                f"image_resolution {self.image_resolution} not divisible by image_patch {self.image_patch}"
+            )
         if self.feature_resolution < 1 or self.latent_resolution % self.feature_downsample:
-            raise ValueError(f"latent_resolution {self.latent_resolution} must be a multiple of the phase-1 "
-                             f"feature downsample {self.feature_downsample}")
+            raise ValueError(
+                f"latent_resolution {self.latent_resolution} must be a multiple of the phase-1 "
+                f"feature downsample {self.feature_downsample}"
+            )
         if self.gaussian_grid < 1:
             raise ValueError("gaussian_grid must be >= 1")
         if not 0 < self.min_scale < self.init_scale < self.max_scale:
@@ -117,11 +124,11 @@ class PEPDConfig:
 
     @property
     def tokens_per_view(self) -> int:
-        return self.feature_resolution ** 2
+        return self.feature_resolution**2
 
     @property
     def gaussians_per_token(self) -> int:
-        return self.gaussian_grid ** 2
+        return self.gaussian_grid**2
 
     @property
     def grid_resolution(self) -> int:
@@ -143,7 +150,7 @@ class PEPDConfig:
         return {"format": FORMAT, "format_version": FORMAT_VERSION, **d}
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "PEPDConfig":
+    def from_dict(cls, d: Mapping[str, Any]) -> PEPDConfig:
         d = dict(d)
         fmt, ver = d.pop("format", FORMAT), d.pop("format_version", FORMAT_VERSION)
         if fmt != FORMAT or ver != FORMAT_VERSION:
@@ -158,15 +165,15 @@ class PEPDConfig:
         return json.dumps(self.to_dict(), indent=2)
 
     @classmethod
-    def preset(cls, name: str) -> "PEPDConfig":
+    def preset(cls, name: str) -> PEPDConfig:
         if name not in PRESETS:
             raise ValueError(f"unknown PEPD preset {name!r}; choose from {sorted(PRESETS)}")
         return PRESETS[name]
 
-    def replace(self, **changes: Any) -> "PEPDConfig":
+    def replace(self, **changes: Any) -> PEPDConfig:
         return dataclasses.replace(self, **changes)
 
-    def diff(self, other: "PEPDConfig") -> dict[str, tuple[Any, Any]]:
+    def diff(self, other: PEPDConfig) -> dict[str, tuple[Any, Any]]:
         """Fields that differ (flattened ``unet.*``): used to refuse checkpoints of another config."""
         a, b = _flatten(self.to_dict()), _flatten(other.to_dict())
         return {k: (a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)}
@@ -194,9 +201,25 @@ PRESETS: dict[str, PEPDConfig] = {
     # 12 blocks; 8x8 Gaussians per token = 65,536 Gaussians (LGM's count).
     "full": PEPDConfig(
         unet=MultiViewUNetConfig.preset("imagedream"),
-        phase1_output_blocks=6, phase1_timestep=999, num_views=4, latent_resolution=32,
-        width=768, image_resolution=256, image_patch=16, depth=12, heads=12, mlp_ratio=4.0, mu_block=4, shape_block=8,
-        gaussian_grid=8, radius=1.5, depth_extent=1.0, max_offset=0.05,
-        min_scale=0.0005, max_scale=0.05, init_scale=0.005, init_opacity=0.1,
+        phase1_output_blocks=6,
+        phase1_timestep=999,
+        num_views=4,
+        latent_resolution=32,
+        width=768,
+        image_resolution=256,
+        image_patch=16,
+        depth=12,
+        heads=12,
+        mlp_ratio=4.0,
+        mu_block=4,
+        shape_block=8,
+        gaussian_grid=8,
+        radius=1.5,
+        depth_extent=1.0,
+        max_offset=0.05,
+        min_scale=0.0005,
+        max_scale=0.05,
+        init_scale=0.005,
+        init_opacity=0.1,
     ),
 }

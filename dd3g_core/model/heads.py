@@ -31,7 +31,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..cameras import camera_centers
 from ..gaussians import SH_C0
 from .config import PEPDConfig
 
@@ -53,7 +52,11 @@ def tokens_to_grid(
 class GaussianHeads(nn.Module):
     """The three read-out heads (LayerNorm -> Linear, zero-initialised) and the activations."""
 
-    ATTRS = {"mu": 4, "shape": 7, "appearance": 4}  # per Gaussian: (depth, offset xyz) / (scale xyz, quat) / (opacity, rgb)
+    ATTRS = {
+        "mu": 4,
+        "shape": 7,
+        "appearance": 4,
+    }  # per Gaussian: (depth, offset xyz) / (scale xyz, quat) / (opacity, rgb)
 
     def __init__(self, config: PEPDConfig):
         super().__init__()
@@ -80,7 +83,7 @@ class GaussianHeads(nn.Module):
     ) -> dict[str, Tensor]:  # Gaussians fields, each [B, V*G*G, ...]
         c = self.config
         b = raw_mu.shape[0]
-        flat = (lambda t: t.reshape(b, -1, *t.shape[5:]) if t.ndim > 5 else t.reshape(b, -1))
+        flat = lambda t: t.reshape(b, -1, *t.shape[5:]) if t.ndim > 5 else t.reshape(b, -1)
         depth = c.radius + c.depth_extent * torch.tanh(raw_mu[..., :1])
         means = origins + depth * directions + c.max_offset * torch.tanh(raw_mu[..., 1:4])
         lo, hi = c.min_scale, c.max_scale

@@ -24,8 +24,9 @@ student and teacher see II through the same features; the student owns no image 
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -34,8 +35,8 @@ from ..cameras import pixel_rays, plucker
 from ..gaussians import Gaussians
 from ..io import atomic_directory, atomic_write_json
 from ..teacher.interface import Condition
-from ..weights import check_state_dict, load_weights_file
 from ..teacher.unet import MultiViewUNet
+from ..weights import check_state_dict, load_weights_file
 from .config import PEPDConfig
 from .heads import GaussianHeads
 from .transformer import TransformerBlock
@@ -90,32 +91,42 @@ class PEPD(nn.Module):
         c = self.config
         b, f = noise.shape[:2]
         if noise.ndim != 5 or f != c.num_views + 1 or noise.shape[3] != c.latent_resolution:
-            raise ValueError(f"noise must be [B, {c.num_views + 1}, C, {c.latent_resolution}, "
-                             f"{c.latent_resolution}], got {list(noise.shape)}")
+            raise ValueError(
+                f"noise must be [B, {c.num_views + 1}, C, {c.latent_resolution}, "
+                f"{c.latent_resolution}], got {list(noise.shape)}"
+            )
         dev, dt = self.feature_proj.weight.device, self.feature_proj.weight.dtype
         if camera_embedding.ndim == 2:
             camera_embedding = camera_embedding.expand(b, -1, -1)
         if viewmats.ndim == 3:
             viewmats, Ks = viewmats.expand(b, -1, -1, -1), Ks.expand(b, -1, -1, -1)
         if viewmats.shape[:2] != (b, c.num_views) or Ks.shape[:2] != (b, c.num_views):
-            raise ValueError(f"viewmats/Ks must be [B={b}, V={c.num_views}, ...], got "
-                             f"{list(viewmats.shape)} / {list(Ks.shape)}")
+            raise ValueError(
+                f"viewmats/Ks must be [B={b}, V={c.num_views}, ...], got {list(viewmats.shape)} / {list(Ks.shape)}"
+            )
 
         # 1. pattern extraction: the teacher's U-Net on N (one pass, truncated decoder)
         cond = condition.to(dev, dt)
-        per_view = (lambda z: z.repeat_interleave(f, dim=0))
+        per_view = lambda z: z.repeat_interleave(f, dim=0)
         rows = noise.reshape(b * f, *noise.shape[2:]).to(dev, dt)
         t = torch.full((b * f,), float(c.phase1_timestep), device=dev)
         feats = self.phase1.forward_features(
-            rows, t, context=per_view(cond.context), camera=camera_embedding.reshape(b * f, -1).to(dev, dt),
-            num_frames=f, ip=per_view(cond.ip), ip_img=cond.ip_img)  # [B*F, Cf, fr, fr]
+            rows,
+            t,
+            context=per_view(cond.context),
+            camera=camera_embedding.reshape(b * f, -1).to(dev, dt),
+            num_frames=f,
+            ip=per_view(cond.ip),
+            ip_img=cond.ip_img,
+        )  # [B*F, Cf, fr, fr]
         feats = feats.reshape(b, f, *feats.shape[1:])[:, : c.num_views]  # drop the image slot
         view_tokens = self.feature_proj(feats.flatten(3).transpose(-1, -2))  # [B, V, fr², D]
 
         # 2. fusion: + Plücker rays of each token's cells; ⊕ II patch tokens
         grid = (c.grid_resolution, c.grid_resolution)
-        origins, dirs = pixel_rays(viewmats.to(dev, torch.float32), Ks.to(dev, torch.float32), image_size, image_size,
-                                   grid)
+        origins, dirs = pixel_rays(
+            viewmats.to(dev, torch.float32), Ks.to(dev, torch.float32), image_size, image_size, grid
+        )
         rays = plucker(origins, dirs)  # [B, V, G, G, 6]
         fr, g = c.feature_resolution, c.gaussian_grid
         cells = rays.reshape(b, c.num_views, fr, g, fr, g, 6).permute(0, 1, 2, 4, 3, 5, 6)
@@ -135,8 +146,7 @@ class PEPD(nn.Module):
             if i == c.shape_block:
                 raw["shape"] = self.heads.read("shape", tokens[:, :n_view])
         raw["appearance"] = self.heads.read("appearance", tokens[:, :n_view])
-        fields = self.heads.activate(raw["mu"].float(), raw["shape"].float(), raw["appearance"].float(),
-                                     origins, dirs)
+        fields = self.heads.activate(raw["mu"].float(), raw["shape"].float(), raw["appearance"].float(), origins, dirs)
         depth = fields.pop("depth")
         return PEPDOutput(gaussians=Gaussians(**fields), depth=depth)
 
@@ -150,8 +160,9 @@ class PEPD(nn.Module):
         if x.shape[-1] != x.shape[-2]:
             raise ValueError(f"image must be square (recentre/pad first), got {x.shape[-2]}x{x.shape[-1]}")
         if x.shape[-1] != c.image_resolution:
-            x = torch.nn.functional.interpolate(x, size=(c.image_resolution,) * 2, mode="bilinear",
-                                                antialias=True, align_corners=False)
+            x = torch.nn.functional.interpolate(
+                x, size=(c.image_resolution,) * 2, mode="bilinear", antialias=True, align_corners=False
+            )
         return x.clamp(0, 1)
 
     # ------------------------------------------------------------------ initialisation / sizes
@@ -162,20 +173,23 @@ class PEPD(nn.Module):
         missing = sorted(k for k in own if k not in sd)
         wrong = sorted(k for k in own if k in sd and tuple(sd[k].shape) != tuple(own[k].shape))
         if missing or wrong:
-            raise ConfigMismatchError(f"teacher U-Net does not match phase 1 (config {self.config.unet}): "
-                                      f"missing {missing[:10]}, wrong shapes {wrong[:10]}")
+            raise ConfigMismatchError(
+                f"teacher U-Net does not match phase 1 (config {self.config.unet}): "
+                f"missing {missing[:10]}, wrong shapes {wrong[:10]}"
+            )
         self.phase1.load_state_dict({k: sd[k] for k in own}, strict=True)
         return sorted(own)
 
     def num_parameters(self) -> dict[str, int]:
-        count = (lambda m: sum(p.numel() for p in m.parameters()))
+        count = lambda m: sum(p.numel() for p in m.parameters())
         total = count(self)
         p1 = count(self.phase1)
         return {"phase1": p1, "phase2": total - p1, "total": total}
 
     # ------------------------------------------------------------------ (de)serialisation
-    def save_pretrained(self, path: str | Path, state_dict: Mapping[str, Tensor] | None = None,
-                        extra: Mapping[str, Any] | None = None) -> Path:
+    def save_pretrained(
+        self, path: str | Path, state_dict: Mapping[str, Tensor] | None = None, extra: Mapping[str, Any] | None = None
+    ) -> Path:
         """``config.json`` + ``model.safetensors`` atomically (``state_dict``: e.g. the EMA copy)."""
         from safetensors.torch import save_file
 
@@ -185,8 +199,11 @@ class PEPD(nn.Module):
         with atomic_directory(path) as tmp:
             cfg = {**self.config.to_dict(), "parameters": self.num_parameters(), **(dict(extra or {}))}
             atomic_write_json(tmp / CONFIG_NAME, cfg)
-            save_file({k: v.detach().cpu().contiguous() for k, v in sd.items()}, str(tmp / WEIGHTS_NAME),
-                      metadata={"format": "pt"})  # one key: safetensors orders metadata by a randomised hash map
+            save_file(
+                {k: v.detach().cpu().contiguous() for k, v in sd.items()},
+                str(tmp / WEIGHTS_NAME),
+                metadata={"format": "pt"},
+            )  # one key: safetensors orders metadata by a randomised hash map
         return path
 
     @staticmethod
@@ -195,21 +212,27 @@ class PEPD(nn.Module):
         path = Path(path)
         missing = [n for n in (CONFIG_NAME, WEIGHTS_NAME) if not (path / n).is_file()]
         if missing:
-            raise FileNotFoundError(f"{path} is not a PEPD checkpoint folder: missing {missing} "
-                                    f"(train one with the `distill` job's pepd_student asset or `python -m dd3g_core.distill.train`, or pass --checkpoint)")
+            raise FileNotFoundError(
+                f"{path} is not a PEPD checkpoint folder: missing {missing} "
+                f"(train one with the `distill` job's pepd_student asset or `python -m dd3g_core.distill.train`, "
+                f"or pass --checkpoint)"
+            )
         d = json.loads((path / CONFIG_NAME).read_text())
         keys = {f for f in PEPDConfig.__dataclass_fields__}
         cfg = PEPDConfig.from_dict({k: v for k, v in d.items() if k in keys or k in ("format", "format_version")})
         return cfg, {k: v for k, v in d.items() if k not in keys and k not in ("format", "format_version")}
 
     @classmethod
-    def from_pretrained(cls, path: str | Path, expected: PEPDConfig | None = None,
-                        device: torch.device | str | None = None) -> "PEPD":
+    def from_pretrained(
+        cls, path: str | Path, expected: PEPDConfig | None = None, device: torch.device | str | None = None
+    ) -> PEPD:
         """Load a folder; with ``expected``, a checkpoint of another config is refused with the differing keys."""
         path = Path(path)
         cfg, _ = cls.read_config(path)
         if expected is not None and (diff := expected.diff(cfg)):
-            raise ConfigMismatchError(f"{path} was trained with another PEPD config; differing keys "
-                                      f"(expected, checkpoint): {dict(list(diff.items())[:10])}")
+            raise ConfigMismatchError(
+                f"{path} was trained with another PEPD config; differing keys "
+                f"(expected, checkpoint): {dict(list(diff.items())[:10])}"
+            )
         model = load_weights_file(cls(cfg, _meta=True), path / WEIGHTS_NAME, ConfigMismatchError)
         return model.to(device or "cpu").eval()

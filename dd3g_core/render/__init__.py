@@ -44,7 +44,9 @@ class RenderOutput(NamedTuple):
 def _check_inputs(g: Gaussians, viewmats: Tensor, Ks: Tensor, width: int, height: int) -> None:
     check_resolution(width, height)
     if viewmats.shape[-2:] != (4, 4) or Ks.shape[-2:] != (3, 3):
-        raise ValueError(f"viewmats must be [..., C, 4, 4] and Ks [..., C, 3, 3]; got {tuple(viewmats.shape)}, {tuple(Ks.shape)}")
+        raise ValueError(
+            f"viewmats must be [..., C, 4, 4] and Ks [..., C, 3, 3]; got {tuple(viewmats.shape)}, {tuple(Ks.shape)}"
+        )
     if viewmats.shape[:-2] != Ks.shape[:-2]:
         raise ValueError(f"viewmats {tuple(viewmats.shape)} and Ks {tuple(Ks.shape)} disagree on cameras")
     if not (torch.isfinite(viewmats).all() and torch.isfinite(Ks).all()):
@@ -95,7 +97,9 @@ def render(
     else:
         if g.means.is_cuda:
             raise ValueError(f"backend {backend!r} runs on CPU tensors; use 'gsplat' (or 'auto') on CUDA")
-        out = _render_torch_projection(g, viewmats, Ks, width, height, background, backend, near_plane, far_plane, eps2d)
+        out = _render_torch_projection(
+            g, viewmats, Ks, width, height, background, backend, near_plane, far_plane, eps2d
+        )
     if unbatched:
         out = RenderOutput(*(t[0] for t in out))
     return out
@@ -107,13 +111,28 @@ def _render_torch_projection(
     B, C = viewmats.shape[:2]
     N = g.num_gaussians
     proj = project_gaussians(
-        g.means, covariance_3d(g.quats, g.scales), g.opacities, viewmats, Ks, width, height,
-        eps2d=eps2d, near_plane=near_plane, far_plane=far_plane,
+        g.means,
+        covariance_3d(g.quats, g.scales),
+        g.opacities,
+        viewmats,
+        Ks,
+        width,
+        height,
+        eps2d=eps2d,
+        near_plane=near_plane,
+        far_plane=far_plane,
     )
     colors = eval_sh_colors(g.sh, g.means, camera_centers(viewmats))  # [B, C, N, 3]
     feats = torch.cat([colors, proj.depths[..., None]], -1)  # depth rides along as a 4th channel
     flat = lambda t: t.reshape(B * C, N, *t.shape[3:])  # noqa: E731
-    args = (flat(proj.means2d), flat(proj.conics), flat(feats), flat(proj.opacities), flat(proj.depths), flat(proj.radii))
+    args = (
+        flat(proj.means2d),
+        flat(proj.conics),
+        flat(feats),
+        flat(proj.opacities),
+        flat(proj.depths),
+        flat(proj.radii),
+    )
     if backend == "reference":
         img, alpha = rasterize_dense(*args, width, height)
     else:

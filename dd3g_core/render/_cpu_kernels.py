@@ -50,10 +50,13 @@ S_COLOR = 6
 def bin_count(
     means2d,  # [I, N, 2] float
     radii,  # [I, N, 2] int32, 0 = culled
-    tile_size, tiles_x, tiles_y,  # ints
+    tile_size,
+    tiles_x,
+    tiles_y,  # ints
     rect,  # [I, N, 4] int64 written: tile range x0, x1, y0, y1 (half-open), empty if culled
     counts,  # [I * tiles_y * tiles_x + 1] int64 zeroed, written: counts[1 + tile] = bucket size
-    i0, i1,  # image range
+    i0,
+    i1,  # image range
 ):
     """Tiles ``[floor((m - r) / ts), ceil((m + r) / ts))`` per axis, clamped to the grid."""
     N = radii.shape[1]
@@ -81,9 +84,11 @@ def bin_fill(
     depths,  # [I, N] float
     rect,  # [I, N, 4] from bin_count
     offsets,  # [I * TT + 1] int64: cumsum of bin_count's counts (bucket starts)
-    tiles_x, tiles_y,
+    tiles_x,
+    tiles_y,
     ids,  # [M] int32 written: Gaussian index (within its image) per tile-intersection
-    i0, i1,  # image range
+    i0,
+    i1,  # image range
 ):
     """Visit Gaussians front to back (stable sort: ties by index) and append each to every
     bucket it touches: depth-sorted buckets with no per-tile sort (a counting sort)."""
@@ -158,15 +163,24 @@ def _block_lists(buf, x0, y0, tile_size):  # -> counts [NB] int64, lists [NB, L]
 
 @njit(cache=True, nogil=True, fastmath=False)
 def rasterize_fwd(
-    means2d, conics, colors, opacities, radii,  # [I, N, 2], [I, N, 3], [I, N, D], [I, N], [I, N, 2]
-    offsets, ids,  # from bin_count + cumsum + bin_fill
-    pix_x, pix_y,  # [W], [H] pixel centres (j + 0.5, i + 0.5) in the input dtype
+    means2d,
+    conics,
+    colors,
+    opacities,
+    radii,  # [I, N, 2], [I, N, 3], [I, N, D], [I, N], [I, N, 2]
+    offsets,
+    ids,  # from bin_count + cumsum + bin_fill
+    pix_x,
+    pix_y,  # [W], [H] pixel centres (j + 0.5, i + 0.5) in the input dtype
     consts,  # see C_* above
-    tile_size, tiles_x, tiles_y,
+    tile_size,
+    tiles_x,
+    tiles_y,
     out_colors,  # [I, H, W, D] zero-initialised, written
     out_T,  # [I, H, W] one-initialised, written: final transmittance prod (1 - alpha_i)
     out_last,  # [I, H, W] int32 -1-initialised, written: tile position of the last contributor
-    g0, g1,  # range of (image, tile) pairs, flattened as i * tiles + t
+    g0,
+    g1,  # range of (image, tile) pairs, flattened as i * tiles + t
 ):
     """Front to back per pixel: alpha_i = min(0.999, o_i exp(-sigma_i)), skip if sigma_i < 0
     or alpha_i < 1/255, stop before the first i with T (1 - alpha_i) <= 1e-4,
@@ -220,13 +234,26 @@ def rasterize_fwd(
 
 @njit(cache=True, nogil=True, fastmath=False)
 def rasterize_bwd(
-    means2d, conics, colors, opacities, radii,  # [I, N, 2], [I, N, 3], [I, N, D], [I, N], [I, N, 2]
-    offsets, ids, pix_x, pix_y, consts, tile_size, tiles_x, tiles_y,
-    out_T, out_last,  # saved by rasterize_fwd: [I, H, W], [I, H, W]
+    means2d,
+    conics,
+    colors,
+    opacities,
+    radii,  # [I, N, 2], [I, N, 3], [I, N, D], [I, N], [I, N, 2]
+    offsets,
+    ids,
+    pix_x,
+    pix_y,
+    consts,
+    tile_size,
+    tiles_x,
+    tiles_y,
+    out_T,
+    out_last,  # saved by rasterize_fwd: [I, H, W], [I, H, W]
     v_colors,  # [I, H, W, D] dL/d render_colors
     v_alphas,  # [I, H, W] dL/d render_alphas
     slots,  # [M, 6 + D] zeroed, written: per tile-intersection (d mean, conic, opacity, colour)
-    g0, g1,  # range of (image, tile) pairs
+    g0,
+    g1,  # range of (image, tile) pairs
 ):
     """Back to front per pixel (3DGS backward), recovering T_i = T_{i+1} / (1 - alpha_i) from
     the saved final T. With ``S_i = sum_{j>i} c_j alpha_j T_j`` (colour behind i):
@@ -303,10 +330,13 @@ def rasterize_bwd(
 
 @njit(cache=True, nogil=True, fastmath=False)
 def reduce_slots(
-    offsets, ids, tiles_per_image,
+    offsets,
+    ids,
+    tiles_per_image,
     slots,  # [M, 6 + D] per tile-intersection gradients
     grads,  # [I, N, 6 + D] zeroed, written: per-Gaussian sums
-    i0, i1,  # image range
+    i0,
+    i1,  # image range
 ):
     """Sum each Gaussian's per-tile gradient slots (an image's slots are contiguous)."""
     Q = grads.shape[2]

@@ -42,7 +42,6 @@ from ..cameras import check_resolution
 from .projection import ALPHA_THRESHOLD
 from .reference import MAX_ALPHA, TRANSMITTANCE_EPS
 
-
 # Below this many pixels (all images together) the kernels run on the calling thread only: a
 # thread hand-off costs tens of microseconds, which dominates tiny renders and gradchecks.
 SERIAL_BELOW_PIXELS = 4096
@@ -178,8 +177,12 @@ def rasterize_to_pixels_cpu(
     if means2d.ndim != 3 or means2d.shape[-1] != 2:
         raise ValueError(f"means2d must be [I, N, 2], got {tuple(means2d.shape)}")
     I, N = means2d.shape[:2]
-    expect = {"conics": (conics, (I, N, 3)), "opacities": (opacities, (I, N)),
-              "depths": (depths, (I, N)), "radii": (radii, (I, N, 2))}
+    expect = {
+        "conics": (conics, (I, N, 3)),
+        "opacities": (opacities, (I, N)),
+        "depths": (depths, (I, N)),
+        "radii": (radii, (I, N, 2)),
+    }
     for name, (t, shape) in expect.items():
         if tuple(t.shape) != shape:
             raise ValueError(f"{name} must have shape {shape} to match means2d, got {tuple(t.shape)}")
@@ -190,6 +193,13 @@ def rasterize_to_pixels_cpu(
             raise ValueError(f"rasterize_to_pixels_cpu needs CPU tensors, got one on {t.device}")
     dt = torch.float64 if means2d.dtype == torch.float64 else torch.float32
     return _RasterizeToPixelsCPU.apply(
-        means2d.to(dt), conics.to(dt), colors.to(dt), opacities.to(dt), depths, radii,
-        int(width), int(height), int(tile_size),
+        means2d.to(dt),
+        conics.to(dt),
+        colors.to(dt),
+        opacities.to(dt),
+        depths,
+        radii,
+        int(width),
+        int(height),
+        int(tile_size),
     )

@@ -39,9 +39,15 @@ def quat_to_rotmat(quats: Tensor) -> Tensor:  # [..., 4] wxyz -> [..., 3, 3]
     w, x, y, z = q.unbind(-1)
     R = torch.stack(
         [
-            1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y),
-            2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x),
-            2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y),
+            1 - 2 * (y * y + z * z),
+            2 * (x * y - w * z),
+            2 * (x * z + w * y),
+            2 * (x * y + w * z),
+            1 - 2 * (x * x + z * z),
+            2 * (y * z - w * x),
+            2 * (x * z - w * y),
+            2 * (y * z + w * x),
+            1 - 2 * (x * x + y * y),
         ],
         dim=-1,
     )
@@ -105,7 +111,10 @@ def project_gaussians(
         rx = torch.ceil(extend * torch.sqrt(a.clamp_min(0)))
         ry = torch.ceil(extend * torch.sqrt(c.clamp_min(0)))
         valid = (
-            (a * c - b * b > 0) & (tz > near_plane) & (tz < far_plane) & (opac >= ALPHA_THRESHOLD)
+            (a * c - b * b > 0)
+            & (tz > near_plane)
+            & (tz < far_plane)
+            & (opac >= ALPHA_THRESHOLD)
             & ((rx > 0) | (ry > 0))
         )
         mx, my = means2d[..., 0], means2d[..., 1]

@@ -7,17 +7,43 @@
 """
 
 from .reader import (
-    PickleFieldError, SampleDecodeError, SkipRecorder, decode_image, decode_sample, make_train_loader, read_skip_log,
+    PickleFieldError,
+    SampleDecodeError,
+    SkipRecorder,
+    decode_image,
+    decode_sample,
+    make_train_loader,
+    read_skip_log,
     resolve_shard_urls,
 )
 from .writer import (
-    MANIFEST, ShardSetSummary, ShardValidationError, content_hash, encode_field, iter_samples, read_manifest, validate_shards,
+    MANIFEST,
+    ShardSetSummary,
+    ShardValidationError,
+    content_hash,
+    encode_field,
+    iter_samples,
+    read_manifest,
+    validate_shards,
     write_shards,
 )
 
 __all__ = [
-    "MANIFEST", "ShardSetSummary", "ShardValidationError", "content_hash", "encode_field", "iter_samples", "read_manifest",
-    "validate_shards", "write_shards",
-    "PickleFieldError", "SampleDecodeError", "SkipRecorder", "decode_image", "decode_sample", "make_train_loader",
-    "read_skip_log", "resolve_shard_urls",
+    "MANIFEST",
+    "ShardSetSummary",
+    "ShardValidationError",
+    "content_hash",
+    "encode_field",
+    "iter_samples",
+    "read_manifest",
+    "validate_shards",
+    "write_shards",
+    "PickleFieldError",
+    "SampleDecodeError",
+    "SkipRecorder",
+    "decode_image",
+    "decode_sample",
+    "make_train_loader",
+    "read_skip_log",
+    "resolve_shard_urls",
 ]

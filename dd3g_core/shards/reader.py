@@ -25,14 +25,20 @@ import logging
 import os
 import random
 import threading
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 from PIL import Image
 
 from .writer import (
-    MANIFEST, PICKLE_EXTENSIONS, ShardSetSummary, ShardValidationError, read_manifest, validate_shards,
+    MANIFEST,
+    PICKLE_EXTENSIONS,
+    ShardSetSummary,
+    ShardValidationError,
+    read_manifest,
+    validate_shards,
 )
 
 logger = logging.getLogger(__name__)
@@ -141,8 +147,10 @@ def decode_sample(sample: Mapping[str, Any], decode: Any = "rgba8") -> dict:
             continue
         ext = name.rsplit(".", 1)[-1].lower()
         if ext in PICKLE_EXTENSIONS:
-            raise PickleFieldError(f"sample {key!r} has pickle-based field {name!r}; refusing to decode "
-                                   f"(store arrays as .npy, tensors as .safetensors)")
+            raise PickleFieldError(
+                f"sample {key!r} has pickle-based field {name!r}; refusing to decode "
+                f"(store arrays as .npy, tensors as .safetensors)"
+            )
         try:
             if custom is not None and (v := custom(name, value)) is not None:
                 out[name] = v
@@ -178,7 +186,9 @@ def resolve_shard_urls(urls_or_dir: Any, validate: bool = True) -> list[str]:
             else:
                 sets = sorted(d for d in p.iterdir() if d.is_dir() and (d / MANIFEST).is_file())
                 if not sets:
-                    raise ShardValidationError(f"{p}: neither a shard set (no {MANIFEST}) nor a directory of shard sets")
+                    raise ShardValidationError(
+                        f"{p}: neither a shard set (no {MANIFEST}) nor a directory of shard sets"
+                    )
             for d in sets:
                 summary = validate_shards(d) if validate else ShardSetSummary(d, read_manifest(d))
                 urls.extend(str(s) for s in summary.shard_paths)
@@ -224,8 +234,16 @@ def make_train_dataset(
         raise ValueError("epoch_samples (per worker) must be >= 1")
     urls = resolve_shard_urls(urls_or_dir, validate=validate)
     handler = handler if handler is not None else SkipRecorder()
-    ds = wds.WebDataset(urls, resampled=True, nodesplitter=wds.split_by_node, workersplitter=wds.split_by_worker,
-                        shardshuffle=False, empty_check=False, handler=handler, seed=seed)
+    ds = wds.WebDataset(
+        urls,
+        resampled=True,
+        nodesplitter=wds.split_by_node,
+        workersplitter=wds.split_by_worker,
+        shardshuffle=False,
+        empty_check=False,
+        handler=handler,
+        seed=seed,
+    )
     # webdataset's resampled list draws a non-reproducible seed; make it a function of `seed`
     # (and of rank, worker and epoch, which ResampledShards mixes in itself).
     ds.pipeline[0] = wds.ResampledShards(urls, seed=seed, deterministic=True, empty_check=False)
@@ -287,7 +305,13 @@ def make_train_loader(
         raise ValueError("batch_size must be >= 1")
     recorder = SkipRecorder(skip_log)
     ds = make_train_dataset(urls_or_dir, epoch_samples, shuffle_buffer, seed, decode, recorder, validate)
-    loader = wds.WebLoader(ds, batch_size=batch_size, num_workers=num_workers, collate_fn=collate_samples,
-                           drop_last=drop_last, persistent_workers=False)
+    loader = wds.WebLoader(
+        ds,
+        batch_size=batch_size,
+        num_workers=num_workers,
+        collate_fn=collate_samples,
+        drop_last=drop_last,
+        persistent_workers=False,
+    )
     loader.skip_recorder = recorder
     return loader

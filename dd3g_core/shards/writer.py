@@ -18,9 +18,10 @@ from __future__ import annotations
 import io
 import json
 import time
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping
+from typing import Any
 
 import numpy as np
 from PIL import Image

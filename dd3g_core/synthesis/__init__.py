@@ -2,13 +2,13 @@
 
     prompts / seeds -> 2D generator -> background removal -> filters -> recentre -> shards
 
-| piece | tiny profile | full profile |
-|---|---|---|
-| generator (:mod:`.generators`) | :class:`ProceduralGenerator` (procedural object on a colour key) | :class:`SDXLGenerator` (local diffusers folder) |
-| matting (:mod:`.matting`) | :class:`ColorKeyMatting` | :class:`RembgMatting` (local ``.onnx``) |
+* generator (:mod:`.generators`): tiny :class:`ProceduralGenerator` (a procedural object on a colour key),
+  full :class:`SDXLGenerator` (a local diffusers folder);
+* matting (:mod:`.matting`): tiny :class:`ColorKeyMatting`, full :class:`RembgMatting` (a local ``.onnx``).
 
-Config in :mod:`.config` (each profile's values in ``dd3g_core.profiles``), post-processing in :mod:`.postprocess`, robust image
-loading in :mod:`.image_io`, the partitioned stage in :mod:`.stage`. See docs/synthesis.md.
+Config in :mod:`.config` (each profile's values in ``dd3g_core.profiles``), post-processing in
+:mod:`.postprocess`, robust image loading in :mod:`.image_io`, the partitioned stage in :mod:`.stage`.
+See docs/synthesis.md.
 
     from dd3g_core import synthesis
     from dd3g_core.profiles import get_profile
@@ -35,10 +35,33 @@ from .prompts import EmptyPromptListError, load_prompts, parse_prompts
 from .stage import alpha_iou, preview_grid, shard_summaries, synthesize_rgba, synthesize_shard
 
 __all__ = [
-    "CODE_VERSION", "STAGE", "ColorKeyMatting", "EmptyPromptListError", "GeneratedImage",
-    "ImageInfo", "ImageLoadError", "MattingResult", "MissingModelError", "ProceduralGenerator",
-    "QualityFilters", "QualityResult", "RGBASynthesisConfig", "RembgMatting",
-    "SDXLGenerator", "alpha_iou", "check_quality", "load_image_rgba", "load_prompts", "parse_prompts",
-    "preview_grid", "recentre", "shard_dir", "shard_summaries", "stable_hash", "stage_dir",
-    "stage_version", "synthesize_rgba", "synthesize_shard",
+    "CODE_VERSION",
+    "STAGE",
+    "ColorKeyMatting",
+    "EmptyPromptListError",
+    "GeneratedImage",
+    "ImageInfo",
+    "ImageLoadError",
+    "MattingResult",
+    "MissingModelError",
+    "ProceduralGenerator",
+    "QualityFilters",
+    "QualityResult",
+    "RGBASynthesisConfig",
+    "RembgMatting",
+    "SDXLGenerator",
+    "alpha_iou",
+    "check_quality",
+    "load_image_rgba",
+    "load_prompts",
+    "parse_prompts",
+    "preview_grid",
+    "recentre",
+    "shard_dir",
+    "shard_summaries",
+    "stable_hash",
+    "stage_dir",
+    "stage_version",
+    "synthesize_rgba",
+    "synthesize_shard",
 ]

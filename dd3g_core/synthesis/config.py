@@ -66,7 +66,9 @@ class QualityFilters:
         if not 0.0 < self.alpha_threshold < 1.0:
             raise ValueError(f"alpha_threshold must be in (0, 1), got {self.alpha_threshold}")
         if not 0.0 <= self.min_coverage < self.max_coverage <= 1.0:
-            raise ValueError(f"need 0 <= min_coverage < max_coverage <= 1, got {self.min_coverage}, {self.max_coverage}")
+            raise ValueError(
+                f"need 0 <= min_coverage < max_coverage <= 1, got {self.min_coverage}, {self.max_coverage}"
+            )
         if self.min_pixels < 1 or self.border_px < 0:
             raise ValueError("min_pixels must be >= 1 and border_px >= 0")
 
@@ -148,10 +150,10 @@ class RGBASynthesisConfig:
         first = self.seed_start + shard_index * self.samples_per_shard
         return list(range(first, first + self.samples_per_shard))
 
-    def replace(self, **changes) -> "RGBASynthesisConfig":
+    def replace(self, **changes) -> RGBASynthesisConfig:
         return dataclasses.replace(self, **changes)
 
-    def resolved(self) -> "RGBASynthesisConfig":
+    def resolved(self) -> RGBASynthesisConfig:
         """Fill model paths from the environment and check that the backends' files exist."""
         cfg = self
         if cfg.generator == "sdxl":
@@ -160,7 +162,8 @@ class RGBASynthesisConfig:
                 raise MissingModelError(
                     f"the 'sdxl' generator needs a local StableDiffusionXLPipeline folder: set sdxl_path or "
                     f"${SDXL_PATH_ENV} (e.g. `huggingface-cli download stabilityai/stable-diffusion-xl-base-1.0 "
-                    f"--local-dir /models/sdxl` on a machine with internet, then copy it here)")
+                    f"--local-dir /models/sdxl` on a machine with internet, then copy it here)"
+                )
             check_sdxl_folder(path)
             cfg = dataclasses.replace(cfg, sdxl_path=str(Path(path).expanduser().resolve()))
         if cfg.matting == "rembg":
@@ -169,7 +172,8 @@ class RGBASynthesisConfig:
                 raise MissingModelError(
                     f"the 'rembg' matting needs a local u2net-style .onnx file: set rembg_model_path or "
                     f"${REMBG_MODEL_ENV} (e.g. download u2net.onnx from "
-                    f"https://github.com/danielgatis/rembg/releases on a machine with internet)")
+                    f"https://github.com/danielgatis/rembg/releases on a machine with internet)"
+                )
             check_rembg_model(path)
             cfg = dataclasses.replace(cfg, rembg_model_path=str(Path(path).expanduser().resolve()))
         prompts_path(cfg.prompts_file)  # a missing prompt file is an error for every backend
@@ -187,7 +191,8 @@ def check_sdxl_folder(path: str | os.PathLike) -> Path:
             f"no SDXL pipeline at {p} (expected a diffusers folder with model_index.json, unet/, vae/, "
             f"text_encoder/, text_encoder_2/, tokenizer/, tokenizer_2/, scheduler/); save one with "
             f"StableDiffusionXLPipeline.save_pretrained or `huggingface-cli download "
-            f"stabilityai/stable-diffusion-xl-base-1.0 --local-dir {p}` where there is internet")
+            f"stabilityai/stable-diffusion-xl-base-1.0 --local-dir {p}` where there is internet"
+        )
     return p
 
 
@@ -197,7 +202,8 @@ def check_rembg_model(path: str | os.PathLike) -> Path:
         raise MissingModelError(
             f"rembg model file {p} does not exist; copy a u2net-style ONNX model there (e.g. u2net.onnx "
             f"from https://github.com/danielgatis/rembg/releases/download/v0.0.0/u2net.onnx, fetched on a "
-            f"machine with internet). Nothing is downloaded at run time.")
+            f"machine with internet). Nothing is downloaded at run time."
+        )
     if p.suffix.lower() != ".onnx":
         raise MissingModelError(f"rembg model {p} is not an .onnx file")
     return p
@@ -239,8 +245,16 @@ def model_fingerprint(config: RGBASynthesisConfig) -> dict:
     return out
 
 
-_SDXL_FIELDS = ("prompts_file", "sdxl_steps", "sdxl_guidance", "sdxl_size", "sdxl_batch_size", "sdxl_variant",
-                "prompt_template", "negative_prompt")
+_SDXL_FIELDS = (
+    "prompts_file",
+    "sdxl_steps",
+    "sdxl_guidance",
+    "sdxl_size",
+    "sdxl_batch_size",
+    "sdxl_variant",
+    "prompt_template",
+    "negative_prompt",
+)
 _PROCEDURAL_FIELDS = ("render_resolution", "num_gaussians", "azimuth_deg", "elevation_deg")
 _COLORKEY_FIELDS = ("colorkey_low", "colorkey_high")
 

@@ -18,9 +18,9 @@ background**, no alpha. The interface is ``generate(seeds, prompts) -> list[Gene
 from __future__ import annotations
 
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -37,8 +37,14 @@ class GeneratedImage:
 class ProceduralGenerator:
     name = "procedural"
 
-    def __init__(self, resolution: int = 128, num_gaussians: int = 3000, azimuth_deg: float = 0.0,
-                 elevation_deg: float = 0.0, split: str = "train"):
+    def __init__(
+        self,
+        resolution: int = 128,
+        num_gaussians: int = 3000,
+        azimuth_deg: float = 0.0,
+        elevation_deg: float = 0.0,
+        split: str = "train",
+    ):
         from ..world import SPLITS
 
         if split not in SPLITS:
@@ -47,8 +53,12 @@ class ProceduralGenerator:
         self.azimuth_deg, self.elevation_deg, self.split = float(azimuth_deg), float(elevation_deg), split
 
     def describe(self) -> dict:
-        return {"name": self.name, "resolution": self.resolution, "num_gaussians": self.num_gaussians,
-                "camera": {"azimuth_deg": self.azimuth_deg, "elevation_deg": self.elevation_deg}}
+        return {
+            "name": self.name,
+            "resolution": self.resolution,
+            "num_gaussians": self.num_gaussians,
+            "camera": {"azimuth_deg": self.azimuth_deg, "elevation_deg": self.elevation_deg},
+        }
 
     def object_seed(self, seed: int) -> int:
         """Sample seed -> world object seed inside this generator's split."""
@@ -62,8 +72,9 @@ class ProceduralGenerator:
 
         obj_seed = self.object_seed(seed)
         gaussians = sample_object(obj_seed, num_gaussians=self.num_gaussians)
-        rgba = render_rgba(gaussians, azimuth_deg=self.azimuth_deg, elevation_deg=self.elevation_deg,
-                           resolution=self.resolution)
+        rgba = render_rgba(
+            gaussians, azimuth_deg=self.azimuth_deg, elevation_deg=self.elevation_deg, resolution=self.resolution
+        )
         background = background_color_for(obj_seed)
         rgb = composite_on_background(rgba, background)
         record = {
@@ -83,9 +94,18 @@ class ProceduralGenerator:
 class SDXLGenerator:
     name = "sdxl"
 
-    def __init__(self, path: str | Path, steps: int = 30, guidance: float = 5.0, size: int = 1024,
-                 prompt_template: str = DEFAULT_PROMPT_TEMPLATE, negative_prompt: str = DEFAULT_NEGATIVE_PROMPT,
-                 device: str | None = None, dtype=None, variant: str | None = None):
+    def __init__(
+        self,
+        path: str | Path,
+        steps: int = 30,
+        guidance: float = 5.0,
+        size: int = 1024,
+        prompt_template: str = DEFAULT_PROMPT_TEMPLATE,
+        negative_prompt: str = DEFAULT_NEGATIVE_PROMPT,
+        device: str | None = None,
+        dtype=None,
+        variant: str | None = None,
+    ):
         import torch
         from diffusers import StableDiffusionXLPipeline
 
@@ -98,18 +118,28 @@ class SDXLGenerator:
             with warnings.catch_warnings():  # diffusers >= 0.36 renames torch_dtype; older ones lack dtype
                 warnings.filterwarnings("ignore", message=".*torch_dtype.*", category=FutureWarning)
                 kwargs = {"variant": variant} if variant else {}
-                pipe = StableDiffusionXLPipeline.from_pretrained(str(self.path), local_files_only=True,
-                                                                torch_dtype=self.dtype, **kwargs)
+                pipe = StableDiffusionXLPipeline.from_pretrained(
+                    str(self.path), local_files_only=True, torch_dtype=self.dtype, **kwargs
+                )
         except (OSError, ValueError) as e:
             raise ValueError(f"could not load a StableDiffusionXLPipeline from {self.path}: {e}") from e
         pipe.set_progress_bar_config(disable=True)
         self.pipe = pipe.to(self.device)
 
     def describe(self) -> dict:
-        return {"name": self.name, "pipeline": "StableDiffusionXLPipeline", "model": self.path.name,
-                "steps": self.steps, "guidance": self.guidance, "size": self.size,
-                "scheduler": type(self.pipe.scheduler).__name__, "dtype": str(self.dtype).replace("torch.", ""),
-                "variant": self.variant, "prompt_template": self.prompt_template, "negative_prompt": self.negative_prompt}
+        return {
+            "name": self.name,
+            "pipeline": "StableDiffusionXLPipeline",
+            "model": self.path.name,
+            "steps": self.steps,
+            "guidance": self.guidance,
+            "size": self.size,
+            "scheduler": type(self.pipe.scheduler).__name__,
+            "dtype": str(self.dtype).replace("torch.", ""),
+            "variant": self.variant,
+            "prompt_template": self.prompt_template,
+            "negative_prompt": self.negative_prompt,
+        }
 
     def generate(self, seeds: Sequence[int], prompts: Sequence[str]) -> list[GeneratedImage]:
         import torch
@@ -122,9 +152,14 @@ class SDXLGenerator:
         generators = [torch.Generator(device=self.device).manual_seed(int(s)) for s in seeds]
         with torch.inference_mode():
             out = self.pipe(
-                prompt=full, negative_prompt=[self.negative_prompt] * len(full) if self.negative_prompt else None,
-                num_inference_steps=self.steps, guidance_scale=self.guidance, height=self.size, width=self.size,
-                generator=generators, output_type="np",
+                prompt=full,
+                negative_prompt=[self.negative_prompt] * len(full) if self.negative_prompt else None,
+                num_inference_steps=self.steps,
+                guidance_scale=self.guidance,
+                height=self.size,
+                width=self.size,
+                generator=generators,
+                output_type="np",
             )
         images = np.asarray(out.images, dtype=np.float32)  # [B, H, W, 3] in 0..1
         if not np.isfinite(images).all():

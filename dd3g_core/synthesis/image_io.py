@@ -102,9 +102,11 @@ def _open(src, max_pixels: int | None) -> tuple[Image.Image, str]:
         raise ImageLoadError("corrupt", f"{name}: corrupt image header ({e})") from None
     w, h = img.size
     if limit is not None and w * h > limit:
-        raise ImageLoadError("decompression_bomb",
-                             f"{name}: declared size {w}x{h} = {w * h} pixels exceeds the limit of {limit} "
-                             f"(decompression bomb?); raise max_pixels / PIL.Image.MAX_IMAGE_PIXELS if intended")
+        raise ImageLoadError(
+            "decompression_bomb",
+            f"{name}: declared size {w}x{h} = {w * h} pixels exceeds the limit of {limit} "
+            f"(decompression bomb?); raise max_pixels / PIL.Image.MAX_IMAGE_PIXELS if intended",
+        )
     if w == 0 or h == 0:
         raise ImageLoadError("empty", f"{name}: image has zero size {w}x{h}")
     return img, name
@@ -134,16 +136,27 @@ def _to_rgba(img: Image.Image) -> tuple[np.ndarray, bool]:
     return rgba, bool(had_alpha)
 
 
-def load_image_rgba(src: str | os.PathLike | bytes, *, max_pixels: int | None = None,
-                    allow_transparent: bool = False, return_info: bool = False):
+def load_image_rgba(
+    src: str | os.PathLike | bytes,
+    *,
+    max_pixels: int | None = None,
+    allow_transparent: bool = False,
+    return_info: bool = False,
+):
     """Load ``src`` (path or encoded bytes) as uint8 RGBA [H, W, 4] (straight alpha).
 
     ``return_info=True`` returns ``(rgba, ImageInfo)``; ``info.had_alpha`` is False when the
     image had no alpha channel and alpha was filled with 255. See the module docstring for the
     refusals (:class:`ImageLoadError`, a ``ValueError``)."""
     img, name = _open(src, max_pixels)
-    info = ImageInfo(source=name, format=img.format, mode=img.mode, size=tuple(img.size), had_alpha=False,
-                     frames=int(getattr(img, "n_frames", 1) or 1))
+    info = ImageInfo(
+        source=name,
+        format=img.format,
+        mode=img.mode,
+        size=tuple(img.size),
+        had_alpha=False,
+        frames=int(getattr(img, "n_frames", 1) or 1),
+    )
     try:
         with _pil_pixel_limit(max_pixels), warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -169,4 +182,3 @@ def load_image_rgba(src: str | os.PathLike | bytes, *, max_pixels: int | None = 
         raise ImageLoadError("all_transparent", f"{name}: every pixel is fully transparent (nothing to use)")
     rgba[rgba[..., 3] == 0, :3] = 0  # no hidden colour under zero alpha
     return (rgba, info) if return_info else rgba
-

@@ -58,8 +58,14 @@ def _check_rgb(rgb: np.ndarray) -> np.ndarray:
 
 def border_pixels(img: np.ndarray, width: int = 2) -> np.ndarray:  # [M, C]
     w = max(1, min(width, min(img.shape[:2]) // 4))
-    return np.concatenate([img[:w].reshape(-1, img.shape[-1]), img[-w:].reshape(-1, img.shape[-1]),
-                           img[w:-w, :w].reshape(-1, img.shape[-1]), img[w:-w, -w:].reshape(-1, img.shape[-1])])
+    return np.concatenate(
+        [
+            img[:w].reshape(-1, img.shape[-1]),
+            img[-w:].reshape(-1, img.shape[-1]),
+            img[w:-w, :w].reshape(-1, img.shape[-1]),
+            img[w:-w, -w:].reshape(-1, img.shape[-1]),
+        ]
+    )
 
 
 def estimate_background(rgb: np.ndarray, width: int = 2, tolerance: float = 16.0) -> tuple[np.ndarray, float]:
@@ -70,8 +76,13 @@ def estimate_background(rgb: np.ndarray, width: int = 2, tolerance: float = 16.0
     return bg, share
 
 
-def unmix_foreground(rgb: np.ndarray, alpha: np.ndarray, background: np.ndarray,
-                     fallback: np.ndarray | None = None, min_alpha: float = 0.25) -> np.ndarray:
+def unmix_foreground(
+    rgb: np.ndarray,
+    alpha: np.ndarray,
+    background: np.ndarray,
+    fallback: np.ndarray | None = None,
+    min_alpha: float = 0.25,
+) -> np.ndarray:
     """Straight colour from ``C = a F + (1 - a) B``; ``fallback`` (or C) where ``a < min_alpha``."""
     C = rgb.astype(np.float32)
     a = alpha[..., None].astype(np.float32)
@@ -89,16 +100,23 @@ def to_rgba8(straight: np.ndarray, alpha: np.ndarray) -> np.ndarray:
 class ColorKeyMatting:
     name = "colorkey"
 
-    def __init__(self, low: float = 16.0, high: float = 64.0, border: int = 2, refine_radius: float = 3.0,
-                 despill: bool = True):
+    def __init__(
+        self, low: float = 16.0, high: float = 64.0, border: int = 2, refine_radius: float = 3.0, despill: bool = True
+    ):
         if not 0.0 <= low < high:
             raise ValueError("need 0 <= low < high")
         self.low, self.high, self.border = float(low), float(high), int(border)
         self.refine_radius, self.despill = float(refine_radius), bool(despill)
 
     def describe(self) -> dict:
-        return {"name": self.name, "low": self.low, "high": self.high, "border": self.border,
-                "refine_radius": self.refine_radius, "despill": self.despill}
+        return {
+            "name": self.name,
+            "low": self.low,
+            "high": self.high,
+            "border": self.border,
+            "refine_radius": self.refine_radius,
+            "despill": self.despill,
+        }
 
     def alpha(self, rgb: np.ndarray, background: np.ndarray | None = None) -> tuple[np.ndarray, dict]:
         """float32 alpha [H, W] in 0..1 and the estimate's info (see module docstring)."""
@@ -119,9 +137,11 @@ class ColorKeyMatting:
         d = np.linalg.norm(D, axis=-1)
         ramp = np.clip((d - self.low) / (self.high - self.low), 0.0, 1.0)
         sure = d >= self.high
-        info = {"background_rgb": [round(float(v), 2) for v in B.reshape(3)],
-                "background_plain": None if share is None else bool(share >= 0.5),
-                "background_border_share": share}
+        info = {
+            "background_rgb": [round(float(v), 2) for v in B.reshape(3)],
+            "background_plain": None if share is None else bool(share >= 0.5),
+            "background_border_share": share,
+        }
         if not sure.any():
             return ramp.astype(np.float32), info, None
         interior = ndimage.binary_erosion(sure, structure=np.ones((3, 3), bool))
@@ -138,7 +158,7 @@ class ColorKeyMatting:
         # reference (a stripe edge) is not a mixture with the key, it is simply foreground
         resid = np.linalg.norm(D - proj[..., None] * FB, axis=-1)
         explained = resid <= np.maximum(self.low, 0.2 * d)
-        near = (dist_s <= self.refine_radius) & (fb2 >= self.high ** 2) & explained
+        near = (dist_s <= self.refine_radius) & (fb2 >= self.high**2) & explained
         alpha = np.where(near, proj, ramp)
         alpha = np.where(d <= self.low, 0.0, alpha)
         return alpha.astype(np.float32), info, F
@@ -171,13 +191,20 @@ def _rembg_home(directory: Path):
 class RembgMatting:
     name = "rembg"
 
-    def __init__(self, model_path: str | os.PathLike, model_name: str = "u2net_custom", despill: bool = True,
-                 border: int = 2, plain_tolerance: float = 16.0):
+    def __init__(
+        self,
+        model_path: str | os.PathLike,
+        model_name: str = "u2net_custom",
+        despill: bool = True,
+        border: int = 2,
+        plain_tolerance: float = 16.0,
+    ):
         path = check_rembg_model(model_path).resolve()
         if importlib.util.find_spec("onnxruntime") is None or importlib.util.find_spec("rembg") is None:
             # plain `rembg` without onnxruntime calls sys.exit(1) on import: check first
-            raise ImportError('rembg matting needs rembg with an onnxruntime backend: pip install "rembg[cpu]" '
-                              '(or "rembg[gpu]")')
+            raise ImportError(
+                'rembg matting needs rembg with an onnxruntime backend: pip install "rembg[cpu]" (or "rembg[gpu]")'
+            )
         from rembg import new_session
 
         self.model_path, self.model_name, self.despill = path, model_name, bool(despill)
@@ -189,8 +216,7 @@ class RembgMatting:
                 raise MissingModelError(f"could not load rembg model {path} as {model_name!r}: {e}") from e
 
     def describe(self) -> dict:
-        return {"name": self.name, "session": self.model_name, "model": self.model_path.name,
-                "despill": self.despill}
+        return {"name": self.name, "session": self.model_name, "model": self.model_path.name, "despill": self.despill}
 
     def matte(self, rgb: np.ndarray) -> MattingResult:
         from PIL import Image
@@ -200,8 +226,11 @@ class RembgMatting:
         mask = np.asarray(masks[0].convert("L").resize((rgb.shape[1], rgb.shape[0]), Image.Resampling.BILINEAR))
         alpha = mask.astype(np.float32) / 255.0
         bg, share = estimate_background(rgb, self.border, self.plain_tolerance)
-        info = {"background_rgb": [round(float(v), 2) for v in bg], "background_border_share": share,
-                "background_plain": bool(share >= 0.5)}
+        info = {
+            "background_rgb": [round(float(v), 2) for v in bg],
+            "background_border_share": share,
+            "background_plain": bool(share >= 0.5),
+        }
         if self.despill and info["background_plain"]:
             straight = unmix_foreground(rgb, alpha, bg)
         else:

@@ -59,8 +59,9 @@ def alpha_bbox(alpha: np.ndarray, threshold: float) -> tuple[int, int, int, int]
     return int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1
 
 
-def check_quality(rgba: np.ndarray, filters: QualityFilters = QualityFilters()) -> QualityResult:
-    """Apply ``filters`` to a matted image (see :class:`~.config.QualityFilters`)."""
+def check_quality(rgba: np.ndarray, filters: QualityFilters | None = None) -> QualityResult:
+    """Apply ``filters`` (default ``QualityFilters()``) to a matted image (see :class:`~.config.QualityFilters`)."""
+    filters = QualityFilters() if filters is None else filters
     rgba = _check_rgba(rgba)
     H, W = rgba.shape[:2]
     alpha = rgba[..., 3].astype(np.float32) / 255.0
@@ -89,13 +90,23 @@ def check_quality(rgba: np.ndarray, filters: QualityFilters = QualityFilters()) 
 def _resize_channels(x: np.ndarray, size: int) -> np.ndarray:  # float32 [h, w, C] -> [size, size, C]
     if x.shape[0] == size and x.shape[1] == size:
         return x.copy()
-    out = [np.asarray(Image.fromarray(np.ascontiguousarray(x[..., c], dtype=np.float32)).resize(
-        (size, size), Image.Resampling.BILINEAR)) for c in range(x.shape[-1])]
+    out = [
+        np.asarray(
+            Image.fromarray(np.ascontiguousarray(x[..., c], dtype=np.float32)).resize(
+                (size, size), Image.Resampling.BILINEAR
+            )
+        )
+        for c in range(x.shape[-1])
+    ]
     return np.stack(out, axis=-1)
 
 
-def recentre(rgba: np.ndarray, resolution: int, margin: float = 0.1, bbox_alpha: float = 0.1,
-             ) -> tuple[np.ndarray, dict]:
+def recentre(
+    rgba: np.ndarray,
+    resolution: int,
+    margin: float = 0.1,
+    bbox_alpha: float = 0.1,
+) -> tuple[np.ndarray, dict]:
     """Square, centred, margin-padded, resized copy of ``rgba`` and what was done (json).
 
     Raises ``ValueError`` for an empty alpha (filter first)."""
@@ -116,15 +127,20 @@ def recentre(rgba: np.ndarray, resolution: int, margin: float = 0.1, bbox_alpha:
     canvas = np.zeros((side, side, 4), np.float32)
     H, W = alpha.shape
     sx0, sy0, sx1, sy1 = max(left, 0), max(top, 0), min(left + side, W), min(top + side, H)
-    canvas[sy0 - top:sy1 - top, sx0 - left:sx1 - left] = premul[sy0:sy1, sx0:sx1]
+    canvas[sy0 - top : sy1 - top, sx0 - left : sx1 - left] = premul[sy0:sy1, sx0:sx1]
     out = np.clip(_resize_channels(canvas, resolution), 0.0, 1.0)
     a_out = out[..., 3:]
     straight = np.where(a_out > 1e-4, out[..., :3] / np.maximum(a_out, 1e-4), 0.0).clip(0.0, 1.0)
     a8 = np.clip(np.rint(a_out * 255.0), 0, 255).astype(np.uint8)
     rgb8 = np.where(a8 > 0, np.clip(np.rint(straight * 255.0), 0, 255), 0).astype(np.uint8)
     result = np.concatenate([rgb8, a8], axis=-1)
-    record = {"source_bbox": [x0, y0, x1, y1], "crop": [left, top, side], "scale": resolution / side,
-              "margin": margin, "bbox_alpha": bbox_alpha}
+    record = {
+        "source_bbox": [x0, y0, x1, y1],
+        "crop": [left, top, side],
+        "scale": resolution / side,
+        "margin": margin,
+        "bbox_alpha": bbox_alpha,
+    }
     return result, record
 
 

@@ -18,13 +18,12 @@ written and the first error is raised (a systematic failure must not be cached a
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
-from ..shards import ShardSetSummary, ShardValidationError, iter_samples, read_manifest, validate_shards
-from ..shards import write_shards
+from ..shards import ShardSetSummary, ShardValidationError, iter_samples, read_manifest, validate_shards, write_shards
 from .config import CODE_VERSION, STAGE, RGBASynthesisConfig, shard_dir, stage_dir, stage_version
 from .generators import GeneratedImage, ProceduralGenerator, SDXLGenerator
 from .matting import ColorKeyMatting, MattingResult, RembgMatting
@@ -47,11 +46,19 @@ class SynthesisBackends:
         if self._generator is None:
             c = self.config
             if c.generator == "procedural":
-                self._generator = ProceduralGenerator(c.render_resolution, c.num_gaussians, c.azimuth_deg,
-                                                      c.elevation_deg, c.split)
+                self._generator = ProceduralGenerator(
+                    c.render_resolution, c.num_gaussians, c.azimuth_deg, c.elevation_deg, c.split
+                )
             else:
-                self._generator = SDXLGenerator(c.sdxl_path, c.sdxl_steps, c.sdxl_guidance, c.sdxl_size,
-                                                c.prompt_template, c.negative_prompt, variant=c.sdxl_variant)
+                self._generator = SDXLGenerator(
+                    c.sdxl_path,
+                    c.sdxl_steps,
+                    c.sdxl_guidance,
+                    c.sdxl_size,
+                    c.prompt_template,
+                    c.negative_prompt,
+                    variant=c.sdxl_variant,
+                )
         return self._generator
 
     @property
@@ -105,8 +112,9 @@ def _sample_key(config: RGBASynthesisConfig, seed: int) -> str:
     return f"{config.split}{seed:08d}"
 
 
-def process_image(config: RGBASynthesisConfig, backends: SynthesisBackends, seed: int, image: GeneratedImage,
-                  base: dict) -> tuple[dict | None, dict | None]:
+def process_image(
+    config: RGBASynthesisConfig, backends: SynthesisBackends, seed: int, image: GeneratedImage, base: dict
+) -> tuple[dict | None, dict | None]:
     """(sample, None) for an accepted image or (None, reject record)."""
     key = base["key"]
     record = dict(base)
@@ -118,13 +126,24 @@ def process_image(config: RGBASynthesisConfig, backends: SynthesisBackends, seed
     quality = check_quality(matted.rgba, config.filters)
     reasons = list(quality.reasons)
     if matted.info.get("background_plain") is False:
-        reasons.append({"filter": "background_not_plain",
-                        "value": round(float(matted.info.get("background_border_share") or 0.0), 4), "limit": 0.5})
+        reasons.append(
+            {
+                "filter": "background_not_plain",
+                "value": round(float(matted.info.get("background_border_share") or 0.0), 4),
+                "limit": 0.5,
+            }
+        )
     record["filters"] = {"passed": not reasons, "reasons": reasons, "stats": quality.stats}
     record["source_alpha_coverage"] = quality.stats["coverage"]
     if reasons:
-        return None, {"key": key, "seed": seed, "stage": "filter", "reasons": reasons, "stats": quality.stats,
-                      **{k: record[k] for k in ("prompt", "matting_iou") if k in record}}
+        return None, {
+            "key": key,
+            "seed": seed,
+            "stage": "filter",
+            "reasons": reasons,
+            "stats": quality.stats,
+            **{k: record[k] for k in ("prompt", "matting_iou") if k in record},
+        }
     rgba, post = recentre(matted.rgba, config.resolution, config.margin)
     record["postprocess"] = post
     record.update(final_stats(rgba, config.filters.alpha_threshold))
@@ -142,8 +161,9 @@ def _generate(backends: SynthesisBackends, seeds: Sequence[int], prompts: Sequen
         return [_generate(backends, [s], [p])[0] for s, p in zip(seeds, prompts)]
 
 
-def build_shard_samples(config: RGBASynthesisConfig, shard_index: int, backends: SynthesisBackends,
-                        version: str) -> tuple[list[dict], list[dict]]:
+def build_shard_samples(
+    config: RGBASynthesisConfig, shard_index: int, backends: SynthesisBackends, version: str
+) -> tuple[list[dict], list[dict]]:
     """All accepted samples and reject records of one shard (in memory; a shard is small)."""
     seeds = config.shard_seeds(shard_index)
     prompts = backends.prompts
@@ -152,7 +172,7 @@ def build_shard_samples(config: RGBASynthesisConfig, shard_index: int, backends:
     matting_desc = backends.matting.describe()
     samples, rejected, errors = [], [], 0
     for start in range(0, len(seeds), batch):
-        chunk = seeds[start:start + batch]
+        chunk = seeds[start : start + batch]
         chunk_prompts, prompt_idx = [], []
         for s in chunk:
             if prompts is None:
@@ -165,22 +185,49 @@ def build_shard_samples(config: RGBASynthesisConfig, shard_index: int, backends:
         images = _generate(backends, chunk, chunk_prompts)
         for s, p, pi, image in zip(chunk, chunk_prompts, prompt_idx, images):
             key = _sample_key(config, s)
-            base = {"key": key, "seed": s, "split": config.split, "shard_index": shard_index,
-                    "source": generator_desc["name"], "generator": generator_desc["name"],
-                    "generator_config": generator_desc, "matting": matting_desc["name"],
-                    "matting_config": matting_desc, "prompt": p, "prompt_index": pi,
-                    "code_version": CODE_VERSION, "stage_version": version}
+            base = {
+                "key": key,
+                "seed": s,
+                "split": config.split,
+                "shard_index": shard_index,
+                "source": generator_desc["name"],
+                "generator": generator_desc["name"],
+                "generator_config": generator_desc,
+                "matting": matting_desc["name"],
+                "matting_config": matting_desc,
+                "prompt": p,
+                "prompt_index": pi,
+                "code_version": CODE_VERSION,
+                "stage_version": version,
+            }
             if isinstance(image, Exception):
                 errors += 1
-                rejected.append({"key": key, "seed": s, "stage": "generate", "prompt": p,
-                                 "reasons": [{"filter": "exception"}], "error": f"{type(image).__name__}: {image}"})
+                rejected.append(
+                    {
+                        "key": key,
+                        "seed": s,
+                        "stage": "generate",
+                        "prompt": p,
+                        "reasons": [{"filter": "exception"}],
+                        "error": f"{type(image).__name__}: {image}",
+                    }
+                )
                 continue
             try:
                 sample, reject = process_image(config, backends, s, image, base)
             except Exception as e:  # noqa: BLE001 - one bad image is a recorded reject, the run continues
                 errors += 1
-                sample, reject = None, {"key": key, "seed": s, "stage": "process", "prompt": p,
-                                        "reasons": [{"filter": "exception"}], "error": f"{type(e).__name__}: {e}"}
+                sample, reject = (
+                    None,
+                    {
+                        "key": key,
+                        "seed": s,
+                        "stage": "process",
+                        "prompt": p,
+                        "reasons": [{"filter": "exception"}],
+                        "error": f"{type(e).__name__}: {e}",
+                    },
+                )
             if sample is not None:
                 samples.append(sample)
             else:
@@ -191,8 +238,9 @@ def build_shard_samples(config: RGBASynthesisConfig, shard_index: int, backends:
     return samples, rejected
 
 
-def synthesize_shard(data_root: str | Path, config: RGBASynthesisConfig, shard_index: int, *,
-                     backends: SynthesisBackends | None = None) -> tuple[ShardSetSummary, bool]:
+def synthesize_shard(
+    data_root: str | Path, config: RGBASynthesisConfig, shard_index: int, *, backends: SynthesisBackends | None = None
+) -> tuple[ShardSetSummary, bool]:
     """Build (or reuse) partition ``shard_index``. Returns ``(summary, cache_hit)``."""
     config = config.resolved()
     version = stage_version(config)
@@ -208,10 +256,16 @@ def synthesize_shard(data_root: str | Path, config: RGBASynthesisConfig, shard_i
     ious = [s["json"]["matting_iou"] for s in samples if "matting_iou" in s["json"]]
     ious += [r["matting_iou"] for r in rejected if "matting_iou" in r]
     extra = {
-        "stage": STAGE, "stage_version": version, "shard_index": shard_index,
-        "seeds": [seeds[0], seeds[-1] + 1], "attempted": len(seeds), "accepted": len(samples),
-        "rejected": rejected, "num_rejected": len(rejected),
-        "generator": backends.generator.describe(), "matting_backend": backends.matting.describe(),
+        "stage": STAGE,
+        "stage_version": version,
+        "shard_index": shard_index,
+        "seeds": [seeds[0], seeds[-1] + 1],
+        "attempted": len(seeds),
+        "accepted": len(samples),
+        "rejected": rejected,
+        "num_rejected": len(rejected),
+        "generator": backends.generator.describe(),
+        "matting_backend": backends.matting.describe(),
     }
     if ious:
         extra["matting_iou_mean"] = float(np.mean(ious))
@@ -220,14 +274,18 @@ def synthesize_shard(data_root: str | Path, config: RGBASynthesisConfig, shard_i
     if coverage:
         extra["alpha_coverage_mean"] = float(np.mean(coverage))
     summary = write_shards(
-        samples, out, samples_per_shard=config.samples_per_shard,
-        config={"stage": STAGE, "code_version": CODE_VERSION, **config.to_record()}, extra=extra,
+        samples,
+        out,
+        samples_per_shard=config.samples_per_shard,
+        config={"stage": STAGE, "code_version": CODE_VERSION, **config.to_record()},
+        extra=extra,
     )
     return summary, False
 
 
-def synthesize_rgba(data_root: str | Path, config: RGBASynthesisConfig,
-                    shards: Sequence[int] | None = None) -> list[ShardSetSummary]:
+def synthesize_rgba(
+    data_root: str | Path, config: RGBASynthesisConfig, shards: Sequence[int] | None = None
+) -> list[ShardSetSummary]:
     """Every partition (or ``shards``) of the stage; backends are loaded once and only if needed."""
     config = config.resolved()
     backends = SynthesisBackends(config)
@@ -240,8 +298,11 @@ def shard_summaries(directory: str | Path) -> list[ShardSetSummary]:
     directory = Path(directory)
     if (directory / "manifest.json").is_file():
         return [ShardSetSummary(directory, read_manifest(directory))]
-    return [ShardSetSummary(d, read_manifest(d)) for d in sorted(directory.glob("shard-*"))
-            if d.is_dir() and (d / "manifest.json").is_file()]
+    return [
+        ShardSetSummary(d, read_manifest(d))
+        for d in sorted(directory.glob("shard-*"))
+        if d.is_dir() and (d / "manifest.json").is_file()
+    ]
 
 
 def preview_grid(summary_or_dir, count: int = 8) -> np.ndarray:  # uint8 [R, n*R, 4]
@@ -269,5 +330,12 @@ def preview_grid(summary_or_dir, count: int = 8) -> np.ndarray:  # uint8 [R, n*R
     return np.concatenate(tiles, axis=1)
 
 
-__all__ = ["SynthesisBackends", "alpha_iou", "preview_grid", "shard_summaries", "stage_dir", "synthesize_rgba",
-           "synthesize_shard"]
+__all__ = [
+    "SynthesisBackends",
+    "alpha_iou",
+    "preview_grid",
+    "shard_summaries",
+    "stage_dir",
+    "synthesize_rgba",
+    "synthesize_shard",
+]

@@ -12,8 +12,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["position_encoding_2d", "sdpa_heads", "CrossAttention", "FeedForward", "BasicTransformerBlock3D",
-           "SpatialTransformer3D"]
+__all__ = [
+    "position_encoding_2d",
+    "sdpa_heads",
+    "CrossAttention",
+    "FeedForward",
+    "BasicTransformerBlock3D",
+    "SpatialTransformer3D",
+]
 
 
 def sdpa_heads(
@@ -43,8 +49,14 @@ class CrossAttention(nn.Module):
     """
 
     def __init__(
-        self, query_dim: int, context_dim: int | None, heads: int, dim_head: int,
-        ip_dim: int = 0, ip_weight: float = 1.0, dropout: float = 0.0,
+        self,
+        query_dim: int,
+        context_dim: int | None,
+        heads: int,
+        dim_head: int,
+        ip_dim: int = 0,
+        ip_weight: float = 1.0,
+        dropout: float = 0.0,
     ):
         super().__init__()
         inner = heads * dim_head
@@ -111,8 +123,14 @@ class BasicTransformerBlock3D(nn.Module):
     """
 
     def __init__(
-        self, dim: int, heads: int, dim_head: int, context_dim: int,
-        ip_dim: int = 0, ip_weight: float = 1.0, dropout: float = 0.0,
+        self,
+        dim: int,
+        heads: int,
+        dim_head: int,
+        context_dim: int,
+        ip_dim: int = 0,
+        ip_weight: float = 1.0,
+        dropout: float = 0.0,
     ):
         super().__init__()
         self.attn1 = CrossAttention(dim, None, heads, dim_head, dropout=dropout)
@@ -137,7 +155,11 @@ class BasicTransformerBlock3D(nn.Module):
 
 
 def position_encoding_2d(
-    h: int, w: int, dim: int, device: torch.device | None = None, dtype: torch.dtype | None = None,
+    h: int,
+    w: int,
+    dim: int,
+    device: torch.device | None = None,
+    dtype: torch.dtype | None = None,
 ) -> Tensor:  # [h*w, dim]
     """Fixed 2D sin-cos encoding of (row, column): ``dim / 4`` frequencies ``10000^(-i / (dim / 4))``
     each for sin/cos of the row and of the column (MAE / DiT style). No parameters."""
@@ -147,8 +169,15 @@ def position_encoding_2d(
     omega = 1.0 / 10000 ** (torch.arange(q, device=device, dtype=torch.float32) / q)  # [q]
     rows = torch.arange(h, device=device, dtype=torch.float32)[:, None, None] * omega  # [h, 1, q]
     cols = torch.arange(w, device=device, dtype=torch.float32)[None, :, None] * omega  # [1, w, q]
-    enc = torch.cat([rows.sin().expand(h, w, q), rows.cos().expand(h, w, q),
-                     cols.sin().expand(h, w, q), cols.cos().expand(h, w, q)], dim=-1)  # [h, w, dim]
+    enc = torch.cat(
+        [
+            rows.sin().expand(h, w, q),
+            rows.cos().expand(h, w, q),
+            cols.sin().expand(h, w, q),
+            cols.cos().expand(h, w, q),
+        ],
+        dim=-1,
+    )  # [h, w, dim]
     return enc.reshape(h * w, dim).to(dtype or torch.float32)
 
 
@@ -163,8 +192,16 @@ class SpatialTransformer3D(nn.Module):
     """
 
     def __init__(
-        self, channels: int, heads: int, dim_head: int, context_dim: int, depth: int = 1,
-        ip_dim: int = 0, ip_weight: float = 1.0, groups: int = 32, dropout: float = 0.0,
+        self,
+        channels: int,
+        heads: int,
+        dim_head: int,
+        context_dim: int,
+        depth: int = 1,
+        ip_dim: int = 0,
+        ip_weight: float = 1.0,
+        groups: int = 32,
+        dropout: float = 0.0,
         position_encoding: bool = False,
     ):
         super().__init__()

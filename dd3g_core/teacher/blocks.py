@@ -50,7 +50,9 @@ class ResBlock(nn.Module):
         )
         self.emb_layers = nn.Sequential(nn.SiLU(), nn.Linear(emb_dim, out_ch))
         self.out_layers = nn.Sequential(
-            nn.GroupNorm(groups, out_ch, eps=1e-5), nn.SiLU(), nn.Dropout(dropout),
+            nn.GroupNorm(groups, out_ch, eps=1e-5),
+            nn.SiLU(),
+            nn.Dropout(dropout),
             nn.Conv2d(out_ch, out_ch, 3, padding=1),
         )
         self.skip_connection = nn.Identity() if in_ch == out_ch else nn.Conv2d(in_ch, out_ch, 1)

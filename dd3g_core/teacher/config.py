@@ -19,9 +19,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 __all__ = ["MultiViewUNetConfig", "PRESETS"]
 
@@ -62,8 +63,17 @@ class MultiViewUNetConfig:
         # JSON gives lists; keep tuples so the config is hashable and compares equal.
         object.__setattr__(self, "attention_resolutions", tuple(int(a) for a in self.attention_resolutions))
         object.__setattr__(self, "channel_mult", tuple(int(m) for m in self.channel_mult))
-        positive = ("image_size", "in_channels", "out_channels", "model_channels", "num_res_blocks",
-                    "num_head_channels", "transformer_depth", "context_dim", "norm_num_groups")
+        positive = (
+            "image_size",
+            "in_channels",
+            "out_channels",
+            "model_channels",
+            "num_res_blocks",
+            "num_head_channels",
+            "transformer_depth",
+            "context_dim",
+            "norm_num_groups",
+        )
         for name in positive:
             if int(getattr(self, name)) <= 0:
                 raise ValueError(f"MultiViewUNetConfig.{name} must be positive, got {getattr(self, name)!r}")
@@ -73,8 +83,13 @@ class MultiViewUNetConfig:
         if not self.channel_mult or min(self.channel_mult) <= 0:
             raise ValueError(f"channel_mult must be non-empty and positive, got {self.channel_mult}")
         if self.ip_dim > 0:
-            for name in ("ip_embed_dim", "resampler_depth", "resampler_heads", "resampler_dim_head",
-                         "resampler_ff_mult"):
+            for name in (
+                "ip_embed_dim",
+                "resampler_depth",
+                "resampler_heads",
+                "resampler_dim_head",
+                "resampler_ff_mult",
+            ):
                 if int(getattr(self, name)) <= 0:
                     raise ValueError(f"MultiViewUNetConfig.{name} must be positive when ip_dim > 0")
         if not 0.0 <= self.dropout < 1.0:
@@ -82,9 +97,13 @@ class MultiViewUNetConfig:
         for level, mult in enumerate(self.channel_mult):
             ch = self.model_channels * mult
             if ch % self.norm_num_groups:
-                raise ValueError(f"level {level}: {ch} channels not divisible by norm_num_groups={self.norm_num_groups}")
+                raise ValueError(
+                    f"level {level}: {ch} channels not divisible by norm_num_groups={self.norm_num_groups}"
+                )
             if 2**level in self.attention_resolutions and ch % self.num_head_channels:
-                raise ValueError(f"level {level}: {ch} channels not divisible by num_head_channels={self.num_head_channels}")
+                raise ValueError(
+                    f"level {level}: {ch} channels not divisible by num_head_channels={self.num_head_channels}"
+                )
 
     # ---------------------------------------------------------------- derived
     @property
@@ -98,7 +117,7 @@ class MultiViewUNetConfig:
 
     # ---------------------------------------------------------------- (de)serialisation
     @classmethod
-    def preset(cls, name: str) -> "MultiViewUNetConfig":
+    def preset(cls, name: str) -> MultiViewUNetConfig:
         if name not in PRESETS:
             raise ValueError(f"unknown MultiViewUNet preset {name!r}; choose from {sorted(PRESETS)}")
         return PRESETS[name]
@@ -113,7 +132,7 @@ class MultiViewUNetConfig:
         return d
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "MultiViewUNetConfig":
+    def from_dict(cls, d: Mapping[str, Any]) -> MultiViewUNetConfig:
         """Build from a dict such as ImageDream's ``unet/config.json``.
 
         Keys starting with ``_`` (``_class_name``, ``_diffusers_version``) are ignored; any other
@@ -137,10 +156,10 @@ class MultiViewUNetConfig:
         tmp.replace(path)
 
     @classmethod
-    def load(cls, path: str | Path) -> "MultiViewUNetConfig":
+    def load(cls, path: str | Path) -> MultiViewUNetConfig:
         return cls.from_dict(json.loads(Path(path).read_text()))
 
-    def replace(self, **changes: Any) -> "MultiViewUNetConfig":
+    def replace(self, **changes: Any) -> MultiViewUNetConfig:
         return dataclasses.replace(self, **changes)
 
 
@@ -181,5 +200,12 @@ PRESETS: dict[str, MultiViewUNetConfig] = {
 # at 8x8/4x4 pixels, which left the seen view a blur: docs/teacher.md "Diagnosis"). ~7.6 M
 # parameters, ~1.7 s per training step of 16 objects on 2 cores.
 PRESETS["tiny_s2d"] = PRESETS["tiny"].replace(
-    image_size=16, in_channels=12, out_channels=12, model_channels=64, attention_resolutions=(1, 2, 4),
-    channel_mult=(1, 1, 2), norm_num_groups=16, position_encoding=True)
+    image_size=16,
+    in_channels=12,
+    out_channels=12,
+    model_channels=64,
+    attention_resolutions=(1, 2, 4),
+    channel_mult=(1, 1, 2),
+    norm_num_groups=16,
+    position_encoding=True,
+)

@@ -24,8 +24,9 @@ encoder stays ~40k parameters. The pixel-exact input enters the U-Net anyway thr
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -49,8 +50,9 @@ class TinyImageEncoderConfig:
         if self.resolution % self.patch_size:
             raise ValueError(f"resolution {self.resolution} is not a multiple of patch_size {self.patch_size}")
         if self.stem_channels % self.norm_num_groups:
-            raise ValueError(f"stem_channels {self.stem_channels} not divisible by norm_num_groups "
-                             f"{self.norm_num_groups}")
+            raise ValueError(
+                f"stem_channels {self.stem_channels} not divisible by norm_num_groups {self.norm_num_groups}"
+            )
 
     @property
     def num_tokens(self) -> int:
@@ -60,7 +62,7 @@ class TinyImageEncoderConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "TinyImageEncoderConfig":
+    def from_dict(cls, d: Mapping[str, Any]) -> TinyImageEncoderConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
@@ -73,8 +75,9 @@ class TinyImageEncoder(nn.Module):
 
     def __init__(self, config: TinyImageEncoderConfig | Mapping[str, Any] | None = None):
         super().__init__()
-        cfg = self.config = (config if isinstance(config, TinyImageEncoderConfig)
-                             else TinyImageEncoderConfig.from_dict(config or {}))
+        cfg = self.config = (
+            config if isinstance(config, TinyImageEncoderConfig) else TinyImageEncoderConfig.from_dict(config or {})
+        )
         self.stem = nn.Sequential(
             nn.Conv2d(cfg.in_channels, cfg.stem_channels, 3, padding=1),
             nn.GroupNorm(cfg.norm_num_groups, cfg.stem_channels),
@@ -90,8 +93,10 @@ class TinyImageEncoder(nn.Module):
     ) -> Tensor:  # [B, (R/p)^2, embed_dim]
         cfg = self.config
         if x.ndim != 4 or x.shape[1:] != (cfg.in_channels, cfg.resolution, cfg.resolution):
-            raise ValueError(f"TinyImageEncoder expects [B, {cfg.in_channels}, {cfg.resolution}, {cfg.resolution}], "
-                             f"got {list(x.shape)}")
+            raise ValueError(
+                f"TinyImageEncoder expects [B, {cfg.in_channels}, {cfg.resolution}, {cfg.resolution}], "
+                f"got {list(x.shape)}"
+            )
         h = self.patchify(self.stem(x * 2.0 - 1.0))  # [B, D, R/p, R/p]
         tokens = h.flatten(2).transpose(1, 2)  # [B, T, D], row-major patches
         return self.norm(tokens + self.pos_embed.to(tokens.dtype))

@@ -27,27 +27,35 @@ The sampling state stays float32; the U-Net/VAE run in ``dtype`` (reference: all
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from ..cameras import ViewLayout, get_layout
-from .config import MultiViewUNetConfig
 from ..images import composite_rgb, resize_square
+from ..weights import load_unet_state_dict
+from .config import MultiViewUNetConfig
 from .interface import Condition, MissingWeightsError, MultiViewTeacher
 from .sampler import make_scheduler
-from ..weights import load_unet_state_dict
 from .unet import MultiViewUNet
 
-__all__ = ["ImageDreamTeacher", "IMAGEDREAM_REPO", "missing_imagedream_files", "resolve_imagedream_path",
-           "check_imagedream_folder"]
+__all__ = [
+    "ImageDreamTeacher",
+    "IMAGEDREAM_REPO",
+    "missing_imagedream_files",
+    "resolve_imagedream_path",
+    "check_imagedream_folder",
+]
 
 IMAGEDREAM_REPO = "ashawkey/imagedream-ipmv-diffusers"
-HOWTO = (f"Download {IMAGEDREAM_REPO} on a connected machine (e.g. `hf download {IMAGEDREAM_REPO} "
-         f"--local-dir imagedream-ipmv-diffusers`) and copy the whole folder here; the remote-code files "
-         f"(pipeline_mvdream.py, unet/mv_unet.py) are not needed, only safetensors weights are read.")
+HOWTO = (
+    f"Download {IMAGEDREAM_REPO} on a connected machine (e.g. `hf download {IMAGEDREAM_REPO} "
+    f"--local-dir imagedream-ipmv-diffusers`) and copy the whole folder here; the remote-code files "
+    f"(pipeline_mvdream.py, unet/mv_unet.py) are not needed, only safetensors weights are read."
+)
 
 # Each requirement: alternatives, each a tuple of files that must all exist.
 _REQUIRED: list[list[tuple[str, ...]]] = [
@@ -114,29 +122,29 @@ def check_imagedream_folder(path: str | Path) -> dict[str, Any]:
     root = resolve_imagedream_path(path)
     missing = missing_imagedream_files(root)
     if missing:
-        raise MissingWeightsError(f"ImageDream weights folder {root} is incomplete; missing: {'; '.join(missing)}. "
-                                  f"{HOWTO}")
+        raise MissingWeightsError(
+            f"ImageDream weights folder {root} is incomplete; missing: {'; '.join(missing)}. {HOWTO}"
+        )
     for cfg_file in sorted(root.rglob("*.json")):
         try:
             json.loads(cfg_file.read_text())
         except (ValueError, UnicodeDecodeError) as e:
             raise ValueError(f"{cfg_file} is not valid JSON: {e}") from None
     cfg_file, weights = root / "unet" / "config.json", root / "unet" / "diffusion_pytorch_model.safetensors"
-    try:
-        cfg = MultiViewUNetConfig.from_dict(json.loads(cfg_file.read_text()))
-    except (ValueError, TypeError) as e:
-        raise ValueError(f"{cfg_file}: {e}") from None
-    with torch.device("meta"):
-        unet = MultiViewUNet(cfg)
+    unet = _meta_unet(cfg_file)
     try:
         with safe_open(str(weights), framework="pt") as f:
-            shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+            shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118 - a safetensors handle, not a dict
     except Exception as e:  # noqa: BLE001 - a truncated or foreign file: say which
         raise ValueError(f"{weights} is not a readable safetensors file: {type(e).__name__}: {e}") from None
     diff = diff_shapes(state_dict_shapes(unet.state_dict()), shapes)
     if any(diff):
         raise ValueError(f"{weights} does not match {cfg_file}:\n{format_diff(*diff)}")
-    return {"path": str(root), "unet": cfg.to_dict(), "unet_parameters": sum(p.numel() for p in unet.parameters())}
+    return {
+        "path": str(root),
+        "unet": unet.config.to_dict(),
+        "unet_parameters": sum(p.numel() for p in unet.parameters()),
+    }
 
 
 class ImageDreamTeacher(MultiViewTeacher):
@@ -146,10 +154,20 @@ class ImageDreamTeacher(MultiViewTeacher):
     embedding_azimuth_offset_deg = 90.0
     vae_batch = 8  # images per VAE call (memory bound)
 
-    def __init__(self, unet: MultiViewUNet, vae: nn.Module, text_encoder: nn.Module, tokenizer: Any,
-                 image_encoder: nn.Module, feature_extractor: Any, scheduler: Any,
-                 layout: ViewLayout | str = "imagedream", background: Sequence[float] = (1.0, 1.0, 1.0),
-                 default_steps: int = 30, default_guidance: float = 5.0):
+    def __init__(
+        self,
+        unet: MultiViewUNet,
+        vae: nn.Module,
+        text_encoder: nn.Module,
+        tokenizer: Any,
+        image_encoder: nn.Module,
+        feature_extractor: Any,
+        scheduler: Any,
+        layout: ViewLayout | str = "imagedream",
+        background: Sequence[float] = (1.0, 1.0, 1.0),
+        default_steps: int = 30,
+        default_guidance: float = 5.0,
+    ):
         super().__init__()
         self.unet, self.vae, self.text_encoder, self.image_encoder = unet, vae, text_encoder, image_encoder
         self.tokenizer, self.feature_extractor = tokenizer, feature_extractor
@@ -160,17 +178,22 @@ class ImageDreamTeacher(MultiViewTeacher):
         self._text_cache: dict[tuple, Tensor] = {}
         self._digest: tuple | None = None
         cfg = unet.config
-        checks = [("U-Net in_channels", cfg.in_channels, "VAE latent_channels", vae.config.latent_channels),
-                  ("U-Net context_dim", cfg.context_dim, "text encoder hidden_size", text_encoder.config.hidden_size)]
+        checks = [
+            ("U-Net in_channels", cfg.in_channels, "VAE latent_channels", vae.config.latent_channels),
+            ("U-Net context_dim", cfg.context_dim, "text encoder hidden_size", text_encoder.config.hidden_size),
+        ]
         if cfg.ip_dim > 0:
-            checks.append(("U-Net ip_embed_dim", cfg.ip_embed_dim, "image encoder hidden_size",
-                           image_encoder.config.hidden_size))
+            checks.append(
+                ("U-Net ip_embed_dim", cfg.ip_embed_dim, "image encoder hidden_size", image_encoder.config.hidden_size)
+            )
         for a, va, b, vb in checks:
             if va != vb:
                 raise ValueError(f"incompatible ImageDream components: {a} = {va} but {b} = {vb}")
         if self.layout.resolution % self.vae_scale_factor:
-            raise ValueError(f"layout resolution {self.layout.resolution} is not a multiple of the VAE factor "
-                             f"{self.vae_scale_factor}")
+            raise ValueError(
+                f"layout resolution {self.layout.resolution} is not a multiple of the VAE factor "
+                f"{self.vae_scale_factor}"
+            )
         self.requires_grad_(False)
         self.eval()
 
@@ -182,25 +205,29 @@ class ImageDreamTeacher(MultiViewTeacher):
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,  # default float32; fp16/bf16 for CUDA
         layout: ViewLayout | str = "imagedream",
-    ) -> "ImageDreamTeacher":
+    ) -> ImageDreamTeacher:
         from diffusers import AutoencoderKL, DDIMScheduler
         from transformers import CLIPImageProcessor, CLIPTextModel, CLIPTokenizer, CLIPVisionModel
 
         root = resolve_imagedream_path(path)
         missing = missing_imagedream_files(root)
         if missing:
-            raise MissingWeightsError(f"ImageDream weights folder {root} is incomplete; missing: "
-                                      f"{'; '.join(missing)}. {HOWTO}")
+            raise MissingWeightsError(
+                f"ImageDream weights folder {root} is incomplete; missing: {'; '.join(missing)}. {HOWTO}"
+            )
         dtype = dtype or torch.float32
         common = dict(local_files_only=True)
         unet = load_multiview_unet(root / "unet", dtype)
-        vae = AutoencoderKL.from_pretrained(str(root), subfolder="vae", use_safetensors=True, torch_dtype=dtype,
-                                            **common)
-        text_encoder = CLIPTextModel.from_pretrained(str(root), subfolder="text_encoder", use_safetensors=True,
-                                                     dtype=dtype, **common)
+        vae = AutoencoderKL.from_pretrained(
+            str(root), subfolder="vae", use_safetensors=True, torch_dtype=dtype, **common
+        )
+        text_encoder = CLIPTextModel.from_pretrained(
+            str(root), subfolder="text_encoder", use_safetensors=True, dtype=dtype, **common
+        )
         tokenizer = CLIPTokenizer.from_pretrained(str(root), subfolder="tokenizer", **common)
-        image_encoder = CLIPVisionModel.from_pretrained(str(root), subfolder="image_encoder", use_safetensors=True,
-                                                        dtype=dtype, **common)
+        image_encoder = CLIPVisionModel.from_pretrained(
+            str(root), subfolder="image_encoder", use_safetensors=True, dtype=dtype, **common
+        )
         feature_extractor = CLIPImageProcessor.from_pretrained(str(root), subfolder="feature_extractor", **common)
         scheduler = DDIMScheduler.from_pretrained(str(root), subfolder="scheduler", **common)
         teacher = cls(unet, vae, text_encoder, tokenizer, image_encoder, feature_extractor, scheduler, layout)
@@ -230,8 +257,9 @@ class ImageDreamTeacher(MultiViewTeacher):
             key = (prompt, str(dev), dt)
             if key not in self._text_cache:
                 n = min(int(self.tokenizer.model_max_length), int(enc.config.max_position_embeddings))
-                ids = self.tokenizer([prompt], padding="max_length", max_length=n, truncation=True,
-                                     return_tensors="pt").input_ids.to(dev)
+                ids = self.tokenizer(
+                    [prompt], padding="max_length", max_length=n, truncation=True, return_tensors="pt"
+                ).input_ids.to(dev)
                 self._text_cache[key] = enc(ids)[0]
             rows.append(self._text_cache[key])
         return torch.cat(rows)
@@ -257,8 +285,12 @@ class ImageDreamTeacher(MultiViewTeacher):
         b = rgb.shape[0]
         context = self.encode_text([prompt]).expand(b, -1, -1)
         uncond = None if negative_prompt == prompt else self.encode_text([negative_prompt]).expand(b, -1, -1)
-        return Condition(context=context, ip=self.encode_image_tokens(rgb), ip_img=self.encode_latents(resized),
-                         uncond_context=uncond)
+        return Condition(
+            context=context,
+            ip=self.encode_image_tokens(rgb),
+            ip_img=self.encode_latents(resized),
+            uncond_context=uncond,
+        )
 
     def encode_latents(self, images: Tensor) -> Tensor:  # [N, 3, H, W] in [0, 1] -> [N, 4, H/8, W/8]
         """``mode(vae.encode(2x - 1)) * scaling_factor`` (differentiable; no posterior sampling)."""
@@ -297,10 +329,13 @@ class ImageDreamTeacher(MultiViewTeacher):
         return {
             "unet": self.unet.config.to_dict(),
             "scheduler": {k: v for k, v in dict(self.scheduler.config).items() if not k.startswith("_")},
-            "vae": {k: getattr(vae, k, None) for k in ("scaling_factor", "shift_factor", "latent_channels",
-                                                       "block_out_channels")},
+            "vae": {
+                k: getattr(vae, k, None)
+                for k in ("scaling_factor", "shift_factor", "latent_channels", "block_out_channels")
+            },
             "feature_extractor": {k: getattr(fe, k, None) for k in ("size", "crop_size", "image_mean", "image_std")},
-            "layout": layout, "background": list(self.background),
+            "layout": layout,
+            "background": list(self.background),
             "embedding_azimuth_offset_deg": self.embedding_azimuth_offset_deg,
             "dtype": str(self.dtype),
             "preprocessing": "v1: clip=uint8-trunc+processor, vae=antialiased-bilinear+mode, text=empty-prompt",
@@ -312,14 +347,19 @@ def load_multiview_unet(folder: Path, dtype: torch.dtype = torch.float32) -> Mul
     from safetensors.torch import load_file
 
     cfg_file, weights = folder / "config.json", folder / "diffusion_pytorch_model.safetensors"
-    try:
-        cfg = MultiViewUNetConfig.from_dict(json.loads(cfg_file.read_text()))
-    except (ValueError, TypeError) as e:
-        raise ValueError(f"{cfg_file}: {e}") from None
-    with torch.device("meta"):
-        unet = MultiViewUNet(cfg)
+    unet = _meta_unet(cfg_file)
     try:
         load_unet_state_dict(unet, load_file(str(weights), device="cpu"), assign=True)
     except ValueError as e:
         raise ValueError(f"{weights} does not match {cfg_file}: {e}") from None
     return unet.to(dtype=dtype)
+
+
+def _meta_unet(cfg_file: Path) -> MultiViewUNet:
+    """The U-Net ``unet/config.json`` describes, on the meta device (no memory); a bad config names the file."""
+    try:
+        cfg = MultiViewUNetConfig.from_dict(json.loads(cfg_file.read_text()))
+    except (ValueError, TypeError) as e:
+        raise ValueError(f"{cfg_file}: {e}") from None
+    with torch.device("meta"):
+        return MultiViewUNet(cfg)

@@ -20,8 +20,9 @@ and are resized (bilinear, antialiased) to the size each encoder needs.
 from __future__ import annotations
 
 import abc
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -59,23 +60,24 @@ class Condition:
         b = self.context.shape[0]
         others = [self.ip, self.ip_img] + ([self.uncond_context] if self.uncond_context is not None else [])
         if any(t.shape[0] != b for t in others):
-            raise ValueError("Condition tensors disagree on the batch size: "
-                             f"{[list(t.shape) for t in [self.context, *others]]}")
+            raise ValueError(
+                f"Condition tensors disagree on the batch size: {[list(t.shape) for t in [self.context, *others]]}"
+            )
 
     @property
     def batch_size(self) -> int:
         return self.context.shape[0]
 
-    def to(self, device=None, dtype: torch.dtype | None = None) -> "Condition":
-        f = (lambda t: None if t is None else t.to(device=device, dtype=dtype))
+    def to(self, device=None, dtype: torch.dtype | None = None) -> Condition:
+        f = lambda t: None if t is None else t.to(device=device, dtype=dtype)
         return Condition(f(self.context), f(self.ip), f(self.ip_img), f(self.uncond_context))
 
-    def unconditional(self) -> "Condition":
+    def unconditional(self) -> Condition:
         """The CFG null condition: uncond text, zero image tokens, zero image latent."""
         ctx = self.context if self.uncond_context is None else self.uncond_context
         return Condition(ctx, torch.zeros_like(self.ip), torch.zeros_like(self.ip_img))
 
-    def drop(self, mask: Tensor) -> "Condition":  # mask [B] bool: True -> unconditional (CFG dropout)
+    def drop(self, mask: Tensor) -> Condition:  # mask [B] bool: True -> unconditional (CFG dropout)
         """Replace the objects selected by ``mask`` with the null condition (training-time CFG dropout)."""
         u = self.unconditional()
         m = mask.to(self.context.device).bool()
@@ -83,12 +85,13 @@ class Condition:
         def pick(a: Tensor, b: Tensor) -> Tensor:
             return torch.where(m.reshape(-1, *[1] * (a.ndim - 1)), b, a)
 
-        return Condition(pick(self.context, u.context), pick(self.ip, u.ip), pick(self.ip_img, u.ip_img),
-                         self.uncond_context)
+        return Condition(
+            pick(self.context, u.context), pick(self.ip, u.ip), pick(self.ip_img, u.ip_img), self.uncond_context
+        )
 
-    def select(self, index) -> "Condition":
+    def select(self, index) -> Condition:
         """Subset of objects (``index``: slice, list or tensor of object indices)."""
-        f = (lambda t: None if t is None else t[index])
+        f = lambda t: None if t is None else t[index]
         return Condition(f(self.context), f(self.ip), f(self.ip_img), f(self.uncond_context))
 
 
@@ -193,13 +196,15 @@ class MultiViewTeacher(nn.Module, abc.ABC):
         v = self.layout.num_views if num_views is None else int(num_views)
         return (v + 1, self.latent_channels, self.latent_resolution, self.latent_resolution)
 
-    def draw_noise(self, batch_size: int, seed: int | torch.Generator,
-                   num_views: int | None = None) -> Tensor:  # [B, F, C, h, w] float32 on the teacher device
+    def draw_noise(
+        self, batch_size: int, seed: int | torch.Generator, num_views: int | None = None
+    ) -> Tensor:  # [B, F, C, h, w] float32 on the teacher device
         """Initial noise N from an explicit CPU generator (same seed -> same N on any device)."""
         return ddim.draw_noise((batch_size, *self.latent_shape(num_views)), seed, device=self.device)
 
-    def cameras(self, azimuth_offset_deg: float = 0.0, elevation_offset_deg: float = 0.0,
-                resolution: int | None = None) -> TeacherCameras:
+    def cameras(
+        self, azimuth_offset_deg: float = 0.0, elevation_offset_deg: float = 0.0, resolution: int | None = None
+    ) -> TeacherCameras:
         """The layout's cameras, optionally rotated (implicit verification renders off the cached set)."""
         lay = self.layout
         az = [a + azimuth_offset_deg for a in lay.azimuths_deg]
@@ -210,28 +215,38 @@ class MultiViewTeacher(nn.Module, abc.ABC):
 
     def config_hash(self) -> str:
         """Hash of ``config_dict()`` + the weights digest (for cache records)."""
-        return stable_hash({"teacher_id": self.teacher_id, "config": self.config_dict(),
-                            "weights": self.weights_digest()}, length=16)
+        return stable_hash(
+            {"teacher_id": self.teacher_id, "config": self.config_dict(), "weights": self.weights_digest()}, length=16
+        )
 
     def weights_digest(self) -> str:
         return state_dict_digest(self._weight_modules())
 
     def describe(self) -> dict[str, Any]:
         """What a cache record stores about the teacher."""
-        return {"teacher_id": self.teacher_id, "config_hash": self.config_hash(), "eta": 0.0,
-                "prediction_type": self.prediction_type, "default_steps": self.default_steps,
-                "default_guidance": self.default_guidance, "config": self.config_dict()}
+        return {
+            "teacher_id": self.teacher_id,
+            "config_hash": self.config_hash(),
+            "eta": 0.0,
+            "prediction_type": self.prediction_type,
+            "default_steps": self.default_steps,
+            "default_guidance": self.default_guidance,
+            "config": self.config_dict(),
+        }
 
-    def camera_embedding(self, cameras: TeacherCameras | Tensor | None, batch_size: int,
-                         num_frames: int) -> Tensor:  # -> [B, F, camera_dim] float32 on the device
+    def camera_embedding(
+        self, cameras: TeacherCameras | Tensor | None, batch_size: int, num_frames: int
+    ) -> Tensor:  # -> [B, F, camera_dim] float32 on the device
         """Normalise ``cameras`` (None = the layout's) to one embedding block per object."""
         emb = self.cameras().embedding if cameras is None else getattr(cameras, "embedding", cameras)
         emb = torch.as_tensor(emb, dtype=torch.float32, device=self.device)
         if emb.ndim == 2:
             emb = emb.expand(batch_size, -1, -1)
         if emb.ndim != 3 or emb.shape[:2] != (batch_size, num_frames):
-            raise ValueError(f"camera embedding must be [F, D] or [B, F, D] with B={batch_size}, F={num_frames} "
-                             f"(V views + the image view), got {list(emb.shape)}")
+            raise ValueError(
+                f"camera embedding must be [F, D] or [B, F, D] with B={batch_size}, F={num_frames} "
+                f"(V views + the image view), got {list(emb.shape)}"
+            )
         return emb
 
     def model_output(
@@ -289,10 +304,15 @@ class MultiViewTeacher(nn.Module, abc.ABC):
         self.eval()  # dropout off: no RNG inside the U-Net
         try:
             cond = condition if isinstance(condition, Condition) else self.encode_condition(condition)
-            if noise.ndim != 5 or tuple(noise.shape[2:]) != self.latent_shape(noise.shape[1] - 1)[1:] \
-                    or noise.shape[0] != cond.batch_size:
-                raise ValueError(f"noise must be [B={cond.batch_size}, F, C, h, w] with (F, C, h, w) = "
-                                 f"{self.latent_shape()} (or another view count), got {list(noise.shape)}")
+            if (
+                noise.ndim != 5
+                or tuple(noise.shape[2:]) != self.latent_shape(noise.shape[1] - 1)[1:]
+                or noise.shape[0] != cond.batch_size
+            ):
+                raise ValueError(
+                    f"noise must be [B={cond.batch_size}, F, C, h, w] with (F, C, h, w) = "
+                    f"{self.latent_shape()} (or another view count), got {list(noise.shape)}"
+                )
             b, f = noise.shape[:2]
             emb = self.camera_embedding(cameras, b, f)
             cond = cond.to(self.device)
@@ -300,8 +320,9 @@ class MultiViewTeacher(nn.Module, abc.ABC):
             def model_fn(x: Tensor, t: int) -> Tensor:
                 return ddim.guided_unet_output(self.unet, x, t, cond, emb, guidance)
 
-            x0, traj, timesteps = ddim.ddim_sample(model_fn, self.scheduler.config, noise.to(self.device),
-                                                   steps, record_steps)
+            x0, traj, timesteps = ddim.ddim_sample(
+                model_fn, self.scheduler.config, noise.to(self.device), steps, record_steps
+            )
             images = None
             if decode:
                 v = f - 1

@@ -17,7 +17,14 @@ import torch
 from ..io import tree_sha256
 from .interface import MissingWeightsError, MultiViewTeacher
 
-__all__ = ["load_teacher", "teacher_kind", "describe_teacher_folder", "TeacherChangedError", "resolve_device"]
+__all__ = [
+    "load_teacher",
+    "teacher_kind",
+    "describe_teacher_folder",
+    "verify_teacher_folder",
+    "TeacherChangedError",
+    "resolve_device",
+]
 
 KINDS = ("tiny", "imagedream")
 
@@ -28,7 +35,7 @@ class TeacherChangedError(RuntimeError):
 
 def teacher_kind(path: str | Path) -> str:
     """``"imagedream"`` (a diffusers folder with ``model_index.json``) or ``"tiny"`` (``config.json``
-    of format ``dd3g-tiny-teacher``)."""
+    of format ``dd3g.tiny_teacher``)."""
     path = Path(path)
     if (path / "model_index.json").is_file():
         return "imagedream"
@@ -37,7 +44,8 @@ def teacher_kind(path: str | Path) -> str:
     raise MissingWeightsError(
         f"{path} is not a teacher folder: expected model_index.json (ImageDream, diffusers layout; see "
         f"docs/teacher.md for what to fetch) or config.json + model.safetensors (tiny teacher, e.g. "
-        f"assets/models/tiny-teacher)")
+        f"assets/models/tiny-teacher)"
+    )
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device | None:
@@ -67,19 +75,35 @@ def describe_teacher_folder(
         raise MissingWeightsError(f"teacher folder {root} does not exist")
     found = teacher_kind(root)
     if kind is not None and found != kind:
-        raise MissingWeightsError(f"{root} holds a {found} teacher, but this profile expects a {kind} teacher "
-                                  f"(see dd3g_core.profiles and docs/teacher.md)")
+        raise MissingWeightsError(
+            f"{root} holds a {found} teacher, but this profile expects a {kind} teacher "
+            f"(see dd3g_core.profiles and docs/teacher.md)"
+        )
     record: dict[str, Any] = {"path": str(root.resolve()), "kind": found}
     if found == "tiny":
         teacher = TinyTeacher.from_pretrained(root)  # validates config + weights strictly
-        record.update(config_hash=teacher.config_hash(), parameters=sum(p.numel() for p in teacher.parameters()),
-                      default_steps=teacher.default_steps, default_guidance=teacher.default_guidance)
+        record.update(
+            config_hash=teacher.config_hash(),
+            parameters=sum(p.numel() for p in teacher.parameters()),
+            default_steps=teacher.default_steps,
+            default_guidance=teacher.default_guidance,
+        )
     else:
         info = check_imagedream_folder(root)
         record.update(unet=info["unet"], unet_parameters=info["unet_parameters"])
     tree = tree_sha256(root, cache=hash_cache)
     record.update(content_hash=tree["sha256"], files=tree["files"], bytes=tree["bytes"])
     return record
+
+
+def verify_teacher_folder(path: str | Path, content_hash: str, hash_cache: str | Path | None = None) -> None:
+    """Raise :class:`TeacherChangedError` unless ``path`` still holds the bytes its record hashed."""
+    now = tree_sha256(path, cache=hash_cache)["sha256"]
+    if now != content_hash:
+        raise TeacherChangedError(
+            f"teacher folder {path} changed since it was recorded (content hash {now[:16]}, "
+            f"recorded {content_hash[:16]}): materialize the teacher asset again"
+        )
 
 
 def load_teacher(
@@ -96,10 +120,7 @@ def load_teacher(
     if content_hash is not None:
         if path is None:
             raise ValueError("content_hash needs the teacher path it was recorded for")
-        now = tree_sha256(path, cache=hash_cache)["sha256"]
-        if now != content_hash:
-            raise TeacherChangedError(f"teacher folder {path} changed since it was recorded (content hash {now[:16]}, "
-                                      f"recorded {content_hash[:16]}): materialize the teacher asset again")
+        verify_teacher_folder(path, content_hash, hash_cache)
     device = resolve_device(device) if device == "auto" else device
     if path is None or teacher_kind(path) == "tiny":
         teacher = TinyTeacher.from_pretrained(path, device=device, dtype=dtype)

@@ -60,8 +60,15 @@ class Resampler(nn.Module):
     ``proj_out`` (dim -> output_dim) then ``norm_out`` (LayerNorm)."""
 
     def __init__(
-        self, dim: int, depth: int, dim_head: int, heads: int, num_queries: int,
-        embedding_dim: int, output_dim: int, ff_mult: int = 4,
+        self,
+        dim: int,
+        depth: int,
+        dim_head: int,
+        heads: int,
+        num_queries: int,
+        embedding_dim: int,
+        output_dim: int,
+        ff_mult: int = 4,
     ):
         super().__init__()
         # Construction draws from the CPU RNG (reference §5 pitfall 4); real weights overwrite it.

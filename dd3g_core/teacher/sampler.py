@@ -22,7 +22,8 @@ flattened), not ``repeat_interleave``d (the reference's B > 1 bug, §5 pitfall 9
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
@@ -31,8 +32,17 @@ if TYPE_CHECKING:  # pragma: no cover
     from .interface import Condition
 
 __all__ = [
-    "draw_noise", "make_scheduler", "as_timesteps", "alpha_bar", "to_epsilon", "to_x0", "training_target",
-    "add_noise", "guided_unet_output", "ddim_sample", "PREDICTION_TYPES",
+    "draw_noise",
+    "make_scheduler",
+    "as_timesteps",
+    "alpha_bar",
+    "to_epsilon",
+    "to_x0",
+    "training_target",
+    "add_noise",
+    "guided_unet_output",
+    "ddim_sample",
+    "PREDICTION_TYPES",
 ]
 
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
@@ -130,7 +140,7 @@ def guided_unet_output(
     unet: nn.Module,  # MultiViewUNet
     x_t: Tensor,  # [B, F, C, h, w], slot F-1 = image view (overwritten by ip_img inside the U-Net)
     t: int | Tensor,  # scalar or [B]
-    condition: "Condition",  # batch B
+    condition: Condition,  # batch B
     camera: Tensor,  # [B, F, camera_dim]
     guidance: float = 1.0,
 ) -> Tensor:  # [B, F, C, h, w] float32, raw model output with CFG applied
@@ -146,16 +156,19 @@ def guided_unet_output(
     tt = as_timesteps(t, b, dev).repeat_interleave(f).to(torch.float32)
     cam = camera.reshape(b * f, -1).to(dev, dt)
     cond = condition.to(dev, dt)
-    per_view = (lambda z: z.repeat_interleave(f, dim=0))  # [B, ...] -> [B*F, ...] object-major
+    per_view = lambda z: z.repeat_interleave(f, dim=0)  # [B, ...] -> [B*F, ...] object-major
     if float(guidance) == 1.0:
-        out = unet(rows, tt, context=per_view(cond.context), camera=cam, num_frames=f,
-                   ip=per_view(cond.ip), ip_img=cond.ip_img)
+        out = unet(
+            rows, tt, context=per_view(cond.context), camera=cam, num_frames=f, ip=per_view(cond.ip), ip_img=cond.ip_img
+        )
         return out.float().reshape(x_t.shape)
     unc = cond.unconditional()
     out = unet(
-        torch.cat([rows, rows]), torch.cat([tt, tt]),
+        torch.cat([rows, rows]),
+        torch.cat([tt, tt]),
         context=torch.cat([per_view(unc.context), per_view(cond.context)]),
-        camera=torch.cat([cam, cam]), num_frames=f,
+        camera=torch.cat([cam, cam]),
+        num_frames=f,
         ip=torch.cat([per_view(unc.ip), per_view(cond.ip)]),
         ip_img=torch.cat([unc.ip_img, cond.ip_img]),
     ).float()

@@ -25,22 +25,23 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
 from ..cameras import ViewLayout, get_layout
+from ..images import prepare_images, resize_square
 from ..io import atomic_directory, atomic_write_json
 from ..paths import TINY_TEACHER_DIR
+from ..weights import check_state_dict, load_weights_file
 from .config import MultiViewUNetConfig
 from .image_encoder import TinyImageEncoder, TinyImageEncoderConfig
-from ..images import prepare_images, resize_square
 from .interface import Condition, MissingWeightsError, MultiViewTeacher
 from .sampler import make_scheduler
-from ..weights import check_state_dict, load_weights_file
 from .unet import MultiViewUNet
 
 __all__ = ["TinyTeacher", "TINY_SCHEDULER_CONFIG", "default_tiny_teacher_path", "FORMAT", "FORMAT_VERSION"]
@@ -80,7 +81,8 @@ def _check_files(path: Path) -> None:
         where = "folder does not exist" if not path.is_dir() else f"missing {', '.join(missing)}"
         raise MissingWeightsError(
             f"tiny teacher checkpoint not found at {path} ({where}). Train it with `dd3g teacher pretrain` "
-            f"(it writes {CONFIG_NAME} + {WEIGHTS_NAME} there), or pass the folder of a trained one.")
+            f"(it writes {CONFIG_NAME} + {WEIGHTS_NAME} there), or pass the folder of a trained one."
+        )
 
 
 class TinyTeacher(MultiViewTeacher):
@@ -104,25 +106,39 @@ class TinyTeacher(MultiViewTeacher):
         _meta: bool = False,  # build on the meta device (from_pretrained fills it)
     ):
         super().__init__()
-        ucfg = unet_config if isinstance(unet_config, MultiViewUNetConfig) else (
-            MultiViewUNetConfig.preset(unet_config) if isinstance(unet_config, str)
-            else MultiViewUNetConfig.from_dict(unet_config))
+        ucfg = (
+            unet_config
+            if isinstance(unet_config, MultiViewUNetConfig)
+            else (
+                MultiViewUNetConfig.preset(unet_config)
+                if isinstance(unet_config, str)
+                else MultiViewUNetConfig.from_dict(unet_config)
+            )
+        )
         self.layout = get_layout(layout) if isinstance(layout, str) else layout
         if encoder_config is None:
             encoder_config = TinyImageEncoderConfig(resolution=self.layout.resolution, embed_dim=ucfg.ip_embed_dim)
-        ecfg = (encoder_config if isinstance(encoder_config, TinyImageEncoderConfig)
-                else TinyImageEncoderConfig.from_dict(encoder_config))
+        ecfg = (
+            encoder_config
+            if isinstance(encoder_config, TinyImageEncoderConfig)
+            else TinyImageEncoderConfig.from_dict(encoder_config)
+        )
         self.latent_patch = int(latent_patch)
         if self.latent_patch < 1 or self.layout.resolution % self.latent_patch:
-            raise ValueError(f"latent_patch {latent_patch} must be >= 1 and divide the layout resolution "
-                             f"{self.layout.resolution}")
-        lat_c = 3 * self.latent_patch ** 2
+            raise ValueError(
+                f"latent_patch {latent_patch} must be >= 1 and divide the layout resolution {self.layout.resolution}"
+            )
+        lat_c = 3 * self.latent_patch**2
         if ucfg.in_channels != lat_c or ucfg.out_channels != lat_c:
-            raise ValueError(f"the tiny teacher is pixel space (latent_patch {self.latent_patch}): U-Net in/out "
-                             f"channels must be {lat_c}, got {ucfg.in_channels}/{ucfg.out_channels}")
+            raise ValueError(
+                f"the tiny teacher is pixel space (latent_patch {self.latent_patch}): U-Net in/out "
+                f"channels must be {lat_c}, got {ucfg.in_channels}/{ucfg.out_channels}"
+            )
         if ucfg.ip_dim <= 0 or ecfg.embed_dim != ucfg.ip_embed_dim:
-            raise ValueError(f"image encoder width {ecfg.embed_dim} must equal the U-Net's ip_embed_dim "
-                             f"{ucfg.ip_embed_dim} (and ip_dim must be > 0)")
+            raise ValueError(
+                f"image encoder width {ecfg.embed_dim} must equal the U-Net's ip_embed_dim "
+                f"{ucfg.ip_embed_dim} (and ip_dim must be > 0)"
+            )
         if null_context_tokens < 1:
             raise ValueError("null_context_tokens must be >= 1")
         self.background = tuple(float(c) for c in background)
@@ -146,7 +162,7 @@ class TinyTeacher(MultiViewTeacher):
     # ------------------------------------------------------------------ sizes / encoders
     @property
     def latent_channels(self) -> int:
-        return 3 * self.latent_patch ** 2
+        return 3 * self.latent_patch**2
 
     @property
     def latent_resolution(self) -> int:
@@ -190,11 +206,17 @@ class TinyTeacher(MultiViewTeacher):
         layout = dataclasses.asdict(self.layout)
         layout["azimuths_deg"] = list(layout["azimuths_deg"])
         return {
-            "format": FORMAT, "format_version": FORMAT_VERSION, "teacher_id": self.teacher_id,
-            "unet": self.unet.config.to_dict(), "image_encoder": self.encoder_config.to_dict(),
-            "scheduler": sched, "layout": layout, "background": list(self.background),
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "teacher_id": self.teacher_id,
+            "unet": self.unet.config.to_dict(),
+            "image_encoder": self.encoder_config.to_dict(),
+            "scheduler": sched,
+            "layout": layout,
+            "background": list(self.background),
             "null_context_tokens": self.null_context_tokens,
-            "default_steps": self.default_steps, "default_guidance": self.default_guidance,
+            "default_steps": self.default_steps,
+            "default_guidance": self.default_guidance,
             # written only when used, so plain-pixel configs (and their config hashes) stay as they were
             **({"latent_patch": self.latent_patch} if self.latent_patch != 1 else {}),
         }
@@ -203,18 +225,26 @@ class TinyTeacher(MultiViewTeacher):
         return self.to_config()
 
     @classmethod
-    def from_config(cls, config: Mapping[str, Any], seed: int = 0, _meta: bool = False) -> "TinyTeacher":
+    def from_config(cls, config: Mapping[str, Any], seed: int = 0, _meta: bool = False) -> TinyTeacher:
         if config.get("format") != FORMAT or config.get("format_version") != FORMAT_VERSION:
-            raise ValueError(f"not a {FORMAT} v{FORMAT_VERSION} config (format={config.get('format')!r}, "
-                             f"format_version={config.get('format_version')!r})")
+            raise ValueError(
+                f"not a {FORMAT} v{FORMAT_VERSION} config (format={config.get('format')!r}, "
+                f"format_version={config.get('format_version')!r})"
+            )
         lay = dict(config["layout"])
         lay["azimuths_deg"] = tuple(lay["azimuths_deg"])
         return cls(
-            unet_config=config["unet"], encoder_config=config["image_encoder"], scheduler_config=config["scheduler"],
-            layout=ViewLayout(**lay), background=config["background"],
-            null_context_tokens=config["null_context_tokens"], default_steps=config["default_steps"],
-            default_guidance=config["default_guidance"], latent_patch=int(config.get("latent_patch", 1)),
-            seed=seed, _meta=_meta,
+            unet_config=config["unet"],
+            encoder_config=config["image_encoder"],
+            scheduler_config=config["scheduler"],
+            layout=ViewLayout(**lay),
+            background=config["background"],
+            null_context_tokens=config["null_context_tokens"],
+            default_steps=config["default_steps"],
+            default_guidance=config["default_guidance"],
+            latent_patch=int(config.get("latent_patch", 1)),
+            seed=seed,
+            _meta=_meta,
         )
 
     def save_pretrained(self, path: str | Path, state_dict: Mapping[str, Tensor] | None = None) -> Path:
@@ -241,7 +271,7 @@ class TinyTeacher(MultiViewTeacher):
         path: str | Path | None = None,  # None: default_tiny_teacher_path()
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,  # default float32
-    ) -> "TinyTeacher":
+    ) -> TinyTeacher:
         """Load a ``save_pretrained`` folder (strict: any key/shape difference is listed)."""
         path = default_tiny_teacher_path() if path is None else Path(path)
         _check_files(path)

@@ -15,16 +15,17 @@ checkpoint name for name and shape (773 tensors, 941,672,900 parameters); load i
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from ..weights import check_state_dict, load_unet_state_dict
 from .attention import SpatialTransformer3D
 from .blocks import Downsample, ResBlock, Upsample, timestep_embedding
 from .config import MultiViewUNetConfig
 from .resampler import Resampler
-from ..weights import check_state_dict, load_unet_state_dict
 
 __all__ = ["MultiViewUNet", "TimestepEmbedSequential", "check_state_dict", "load_unet_state_dict"]
 
@@ -74,8 +75,18 @@ class MultiViewUNet(nn.Module):
 
         def transformer(ch: int) -> SpatialTransformer3D:
             heads = ch // cfg.num_head_channels
-            return SpatialTransformer3D(ch, heads, cfg.num_head_channels, cfg.context_dim, cfg.transformer_depth,
-                                        cfg.ip_dim, cfg.ip_weight, groups, drop, cfg.position_encoding)
+            return SpatialTransformer3D(
+                ch,
+                heads,
+                cfg.num_head_channels,
+                cfg.context_dim,
+                cfg.transformer_depth,
+                cfg.ip_dim,
+                cfg.ip_weight,
+                groups,
+                drop,
+                cfg.position_encoding,
+            )
 
         def res(ch_in: int, ch_out: int) -> ResBlock:
             return ResBlock(ch_in, ch_out, emb_dim, groups, drop)
@@ -83,9 +94,14 @@ class MultiViewUNet(nn.Module):
         # Attribute order = state-dict order of the released checkpoint.
         if cfg.ip_dim > 0:
             self.image_embed = Resampler(
-                dim=cfg.context_dim, depth=cfg.resampler_depth, dim_head=cfg.resampler_dim_head,
-                heads=cfg.resampler_heads, num_queries=cfg.ip_dim, embedding_dim=cfg.ip_embed_dim,
-                output_dim=cfg.context_dim, ff_mult=cfg.resampler_ff_mult,
+                dim=cfg.context_dim,
+                depth=cfg.resampler_depth,
+                dim_head=cfg.resampler_dim_head,
+                heads=cfg.resampler_heads,
+                num_queries=cfg.ip_dim,
+                embedding_dim=cfg.ip_embed_dim,
+                output_dim=cfg.context_dim,
+                ff_mult=cfg.resampler_ff_mult,
             )
         self.time_embed = _embed_mlp(mc, emb_dim)
         if cfg.camera_dim > 0:
@@ -122,16 +138,17 @@ class MultiViewUNet(nn.Module):
                     ds //= 2
                 self.output_blocks.append(TimestepEmbedSequential(*layers))
 
-        self.out = nn.Sequential(nn.GroupNorm(groups, ch, eps=1e-5), nn.SiLU(),
-                                 nn.Conv2d(ch, cfg.out_channels, 3, padding=1))
+        self.out = nn.Sequential(
+            nn.GroupNorm(groups, ch, eps=1e-5), nn.SiLU(), nn.Conv2d(ch, cfg.out_channels, 3, padding=1)
+        )
 
     # ------------------------------------------------------------------ construction
     @classmethod
-    def from_config(cls, config: MultiViewUNetConfig | str | Mapping[str, Any]) -> "MultiViewUNet":
+    def from_config(cls, config: MultiViewUNetConfig | str | Mapping[str, Any]) -> MultiViewUNet:
         """Build from a config object, a preset name or a ``config.json`` dict."""
         return cls(config)
 
-    def load_state_dict_checked(self, state_dict: Mapping[str, Tensor], assign: bool = False) -> "MultiViewUNet":
+    def load_state_dict_checked(self, state_dict: Mapping[str, Tensor], assign: bool = False) -> MultiViewUNet:
         """``load_unet_state_dict(self, state_dict)``: exact names/shapes or a ValueError."""
         load_unet_state_dict(self, state_dict, assign=assign)
         return self
@@ -221,19 +238,20 @@ class MultiViewUNet(nn.Module):
         if ip_img is not None:
             b = n // num_frames
             if ip_img.shape != (b, cfg.in_channels, h, w):
-                raise ValueError(f"ip_img must be [{b}, {cfg.in_channels}, {h}, {w}] (one per object), "
-                                 f"got {list(ip_img.shape)}")
+                raise ValueError(
+                    f"ip_img must be [{b}, {cfg.in_channels}, {h}, {w}] (one per object), got {list(ip_img.shape)}"
+                )
             views = x.reshape(b, num_frames, cfg.in_channels, h, w)
             x = torch.cat([views[:, :-1], ip_img.to(x.dtype)[:, None]], dim=1).reshape(n, cfg.in_channels, h, w)
         if cfg.concat_image:  # every view also sees the clean input image (zeros: no condition)
-            img = (ip_img.to(x.dtype).repeat_interleave(num_frames, dim=0) if ip_img is not None
-                   else torch.zeros_like(x))
+            img = ip_img.to(x.dtype).repeat_interleave(num_frames, dim=0) if ip_img is not None else torch.zeros_like(x)
             x = torch.cat([x, img], dim=1)
 
         if cfg.ip_dim > 0:
             if ip is None:
-                raise ValueError("ip (image-encoder tokens) is required when ip_dim > 0; "
-                                 "pass zeros for the unconditional branch")
+                raise ValueError(
+                    "ip (image-encoder tokens) is required when ip_dim > 0; pass zeros for the unconditional branch"
+                )
             if ip.ndim != 3 or ip.shape[0] != n or ip.shape[2] != cfg.ip_embed_dim:
                 raise ValueError(f"ip must be [{n}, T_ip, {cfg.ip_embed_dim}], got {list(ip.shape)}")
             context = torch.cat([context, self.image_embed(ip.to(x.dtype)).to(context.dtype)], dim=1)

@@ -7,12 +7,30 @@
 
 from .cache import cache_shard, load_sample, reproduce_views
 from .config import (
-    CODE_VERSION, STAGE, TrajectoryCacheConfig, content_hash, noise_seed, shard_dir, stage_dir, stage_version,
+    CODE_VERSION,
+    STAGE,
+    TrajectoryCacheConfig,
+    content_hash,
+    noise_seed,
+    shard_dir,
+    stage_dir,
+    stage_version,
     upstream_version,
 )
 from .sample import SampleSpec
 
 __all__ = [
-    "TrajectoryCacheConfig", "STAGE", "CODE_VERSION", "stage_version", "stage_dir", "shard_dir",
-    "cache_shard", "noise_seed", "content_hash", "upstream_version", "load_sample", "reproduce_views", "SampleSpec",
+    "TrajectoryCacheConfig",
+    "STAGE",
+    "CODE_VERSION",
+    "stage_version",
+    "stage_dir",
+    "shard_dir",
+    "cache_shard",
+    "noise_seed",
+    "content_hash",
+    "upstream_version",
+    "load_sample",
+    "reproduce_views",
+    "SampleSpec",
 ]

@@ -39,10 +39,10 @@ input only rejects itself.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -51,7 +51,14 @@ from ..shards import ShardSetSummary, ShardValidationError, validate_shards, wri
 from ..shards.reader import SampleDecodeError, SkipRecorder, decode_image
 from . import sample as S
 from .config import (
-    CODE_VERSION, STAGE, STORE_DTYPES, TrajectoryCacheConfig, content_hash, noise_seed, shard_dir, stage_version,
+    CODE_VERSION,
+    STAGE,
+    STORE_DTYPES,
+    TrajectoryCacheConfig,
+    content_hash,
+    noise_seed,
+    shard_dir,
+    stage_version,
     upstream_version,
 )
 
@@ -161,13 +168,25 @@ def cache_shard(
     rejects: list[dict] = []
     stats = {"batches": 0, "teacher_seconds": 0.0, "images": 0}
     extra: dict[str, Any] = {  # filled while write_shards consumes the generator (read after the loop)
-        "stage": STAGE, "stage_version": version, "code_version": CODE_VERSION, "shard_index": int(shard_index),
-        "teacher": {"teacher_id": teacher.teacher_id, "config_hash": t_hash,
-                    "prediction_type": teacher.prediction_type},
+        "stage": STAGE,
+        "stage_version": version,
+        "code_version": CODE_VERSION,
+        "shard_index": int(shard_index),
+        "teacher": {
+            "teacher_id": teacher.teacher_id,
+            "config_hash": t_hash,
+            "prediction_type": teacher.prediction_type,
+        },
         "scheduler": sched,
-        "upstream": {"stage": "rgba_images", "version": up_version, "shard_dir": str(Path(rgba_shard_dir)),
-                     "content_hash": up_hash, "num_samples": rgba.num_samples},
-        "rejects": rejects, "stats": stats,
+        "upstream": {
+            "stage": "rgba_images",
+            "version": up_version,
+            "shard_dir": str(Path(rgba_shard_dir)),
+            "content_hash": up_hash,
+            "num_samples": rgba.num_samples,
+        },
+        "rejects": rejects,
+        "stats": stats,
     }
 
     def items() -> Iterator[_Item]:
@@ -180,8 +199,9 @@ def cache_shard(
         images = torch.from_numpy(np.stack([it.image for it in batch])).permute(0, 3, 1, 2).contiguous()
         noise = torch.cat([teacher.draw_noise(1, it.seed) for it in batch])
         t0 = time.perf_counter()
-        out_ = teacher.sample(images, noise, cameras=cams, steps=cfg.steps, guidance=cfg.guidance,
-                              record_steps=cfg.record_steps)
+        out_ = teacher.sample(
+            images, noise, cameras=cams, steps=cfg.steps, guidance=cfg.guidance, record_steps=cfg.record_steps
+        )
         stats["teacher_seconds"] += time.perf_counter() - t0
         return noise, out_
 
@@ -197,42 +217,75 @@ def cache_shard(
                     try:
                         groups.append(([it], run([it])))
                     except Exception as e:  # noqa: BLE001
-                        rejects.append({"key": it.key, "rgba_key": it.rgba_key, "draw": it.draw, "stage": "teacher",
-                                        "reason": f"teacher.sample failed: {type(e).__name__}: {e}"})
+                        rejects.append(
+                            {
+                                "key": it.key,
+                                "rgba_key": it.rgba_key,
+                                "draw": it.draw,
+                                "stage": "teacher",
+                                "reason": f"teacher.sample failed: {type(e).__name__}: {e}",
+                            }
+                        )
             for members, (noise, res) in groups:
                 xt = torch.stack([res.trajectory[i] for i in cfg.record_steps], 1) if cfg.record_steps else None
                 timesteps = [int(t) for t in res.timesteps.tolist()]
                 for j, it in enumerate(members):
                     views = res.images[j]
-                    finite = bool(torch.isfinite(views).all() and torch.isfinite(res.latents[j]).all()
-                                  and (xt is None or torch.isfinite(xt[j]).all()))
+                    finite = bool(
+                        torch.isfinite(views).all()
+                        and torch.isfinite(res.latents[j]).all()
+                        and (xt is None or torch.isfinite(xt[j]).all())
+                    )
                     if not finite:
-                        rejects.append({"key": it.key, "rgba_key": it.rgba_key, "draw": it.draw, "stage": "teacher",
-                                        "reason": "non-finite teacher output (NaN/Inf in OI, final latents or x_t)"})
+                        rejects.append(
+                            {
+                                "key": it.key,
+                                "rgba_key": it.rgba_key,
+                                "draw": it.draw,
+                                "stage": "teacher",
+                                "reason": "non-finite teacher output (NaN/Inf in OI, final latents or x_t)",
+                            }
+                        )
                         continue
                     yield S.make_sample(
-                        it.key, it.image, noise[j].cpu().numpy().astype(np.float32), emb, viewmats, Ks,
+                        it.key,
+                        it.image,
+                        noise[j].cpu().numpy().astype(np.float32),
+                        emb,
+                        viewmats,
+                        Ks,
                         _to_np(views, store),
                         _to_np(xt[j], store) if xt is not None else np.zeros((0, *noise.shape[1:]), store),
                         {
-                            "teacher_id": teacher.teacher_id, "teacher_config_hash": t_hash,
-                            "prediction_type": teacher.prediction_type, "scheduler": sched,
-                            "steps": cfg.steps, "guidance": cfg.guidance, "eta": 0.0, "timesteps": timesteps,
+                            "teacher_id": teacher.teacher_id,
+                            "teacher_config_hash": t_hash,
+                            "prediction_type": teacher.prediction_type,
+                            "scheduler": sched,
+                            "steps": cfg.steps,
+                            "guidance": cfg.guidance,
+                            "eta": 0.0,
+                            "timesteps": timesteps,
                             "xt_steps": list(cfg.record_steps),
                             "xt_timesteps": [timesteps[i] for i in cfg.record_steps],
-                            "noise_seed": it.seed, "draw": it.draw, "base_seed": cfg.seed,
+                            "noise_seed": it.seed,
+                            "draw": it.draw,
+                            "base_seed": cfg.seed,
                             "seed_rule": "sha256(f'{base_seed}/{rgba_key}/{draw}')[:8] little-endian & (2^63-1)",
-                            "rgba_key": it.rgba_key, "rgba_shard": int(shard_index),
-                            "upstream_version": up_version, "stage_version": version,
+                            "rgba_key": it.rgba_key,
+                            "rgba_shard": int(shard_index),
+                            "upstream_version": up_version,
+                            "stage_version": version,
                             "batch": {"index": bi, "size": len(members), "position": j},
-                            "torch_threads": threads, "store_dtype": cfg.store_dtype,
+                            "torch_threads": threads,
+                            "store_dtype": cfg.store_dtype,
                             "views_shape": list(views.shape),
                         },
                     )
 
     t0 = time.perf_counter()
-    summary = write_shards(samples(), out, samples_per_shard=cfg.samples_per_shard, config=cfg.to_dict(),
-                           extra=_Lazy(extra))
+    summary = write_shards(
+        samples(), out, samples_per_shard=cfg.samples_per_shard, config=cfg.to_dict(), extra=_Lazy(extra)
+    )
     stats["wall_seconds"] = time.perf_counter() - t0
     return summary, False
 

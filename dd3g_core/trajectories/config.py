@@ -23,8 +23,16 @@ CODE_VERSION = "1"  # bump when the content of a cached sample changes for the s
 STORE_DTYPES = {"float32": np.float32, "float16": np.float16}
 
 __all__ = [
-    "TrajectoryCacheConfig", "STAGE", "CODE_VERSION", "STORE_DTYPES", "stage_version", "stage_dir", "shard_dir",
-    "noise_seed", "content_hash", "upstream_version",
+    "TrajectoryCacheConfig",
+    "STAGE",
+    "CODE_VERSION",
+    "STORE_DTYPES",
+    "stage_version",
+    "stage_dir",
+    "shard_dir",
+    "noise_seed",
+    "content_hash",
+    "upstream_version",
 ]
 
 
@@ -65,7 +73,7 @@ class TrajectoryCacheConfig:
             raise ValueError(f"record_steps {rs} must be < steps={self.steps}")
         object.__setattr__(self, "record_steps", rs)
 
-    def resolved(self, teacher) -> "TrajectoryCacheConfig":
+    def resolved(self, teacher) -> TrajectoryCacheConfig:
         steps = teacher.default_steps if self.steps is None else self.steps
         guidance = teacher.default_guidance if self.guidance is None else self.guidance
         if self.record_steps and self.record_steps[-1] >= steps:
@@ -89,17 +97,26 @@ def upstream_version(rgba_shard_dir: str | Path, manifest: dict | None = None) -
 
 
 def stage_version(config: TrajectoryCacheConfig, teacher_config_hash: str, rgba_version: str) -> str:
-    return stable_hash({"stage": STAGE, "code_version": CODE_VERSION, "config": config.to_dict(),
-                        "teacher": teacher_config_hash, "upstream": {"rgba_images": rgba_version}})
+    return stable_hash(
+        {
+            "stage": STAGE,
+            "code_version": CODE_VERSION,
+            "config": config.to_dict(),
+            "teacher": teacher_config_hash,
+            "upstream": {"rgba_images": rgba_version},
+        }
+    )
 
 
-def stage_dir(data_root: str | Path, config: TrajectoryCacheConfig, teacher_config_hash: str,
-              rgba_version: str) -> Path:
+def stage_dir(
+    data_root: str | Path, config: TrajectoryCacheConfig, teacher_config_hash: str, rgba_version: str
+) -> Path:
     return Path(data_root) / STAGE / stage_version(config, teacher_config_hash, rgba_version)
 
 
-def shard_dir(data_root: str | Path, config: TrajectoryCacheConfig, teacher_config_hash: str,
-              rgba_version: str, shard_index: int) -> Path:
+def shard_dir(
+    data_root: str | Path, config: TrajectoryCacheConfig, teacher_config_hash: str, rgba_version: str, shard_index: int
+) -> Path:
     return stage_dir(data_root, config, teacher_config_hash, rgba_version) / f"shard-{int(shard_index):05d}"
 
 

@@ -22,15 +22,28 @@ field              content                                   dtype / shape
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 import torch
 
 __all__ = [
-    "INPUT", "NOISE", "CAMERAS", "VIEWMATS", "KS", "VIEWS", "XT", "RECORD", "ARRAY_FIELDS", "FIELDS",
-    "SampleSpec", "make_sample", "to_batch", "student_inputs",
+    "INPUT",
+    "NOISE",
+    "CAMERAS",
+    "VIEWMATS",
+    "KS",
+    "VIEWS",
+    "XT",
+    "RECORD",
+    "ARRAY_FIELDS",
+    "FIELDS",
+    "SampleSpec",
+    "make_sample",
+    "to_batch",
+    "student_inputs",
 ]
 
 INPUT = "input.png"
@@ -56,15 +69,26 @@ class SampleSpec:
     num_recorded: int  # S
 
     @classmethod
-    def for_teacher(cls, teacher, num_recorded: int) -> "SampleSpec":
+    def for_teacher(cls, teacher, num_recorded: int) -> SampleSpec:
         f, c, h, w = teacher.latent_shape()
-        return cls(f - 1, (c, h, w), int(teacher.cameras().embedding.shape[-1]), int(teacher.layout.resolution),
-                   int(num_recorded))
+        return cls(
+            f - 1,
+            (c, h, w),
+            int(teacher.cameras().embedding.shape[-1]),
+            int(teacher.layout.resolution),
+            int(num_recorded),
+        )
 
     def shapes(self) -> dict[str, tuple[int, ...]]:
         v, f = self.num_views, self.num_views + 1
-        return {NOISE: (f, *self.latent), CAMERAS: (f, self.camera_dim), VIEWMATS: (v, 4, 4), KS: (v, 3, 3),
-                VIEWS: (v, 3, self.resolution, self.resolution), XT: (self.num_recorded, f, *self.latent)}
+        return {
+            NOISE: (f, *self.latent),
+            CAMERAS: (f, self.camera_dim),
+            VIEWMATS: (v, 4, 4),
+            KS: (v, 3, 3),
+            VIEWS: (v, 3, self.resolution, self.resolution),
+            XT: (self.num_recorded, f, *self.latent),
+        }
 
     def problems(self, sample: Mapping[str, Any]) -> list[str]:
         """What is wrong with one decoded sample (missing fields, shapes, non-finite values); [] if nothing."""
@@ -98,8 +122,17 @@ def make_sample(
     record: dict,
 ) -> dict:
     """One sample as ``write_shards`` takes it (field order fixed: it decides the tar's bytes)."""
-    return {"__key__": key, INPUT: image, NOISE: noise, CAMERAS: cameras, VIEWMATS: viewmats, KS: Ks,
-            VIEWS: views, XT: xt, RECORD: record}
+    return {
+        "__key__": key,
+        INPUT: image,
+        NOISE: noise,
+        CAMERAS: cameras,
+        VIEWMATS: viewmats,
+        KS: Ks,
+        VIEWS: views,
+        XT: xt,
+        RECORD: record,
+    }
 
 
 def to_batch(batch: Mapping[str, Any], device) -> dict[str, Any]:
@@ -120,5 +153,7 @@ def student_inputs(sample: Mapping[str, Any]) -> dict[str, Any]:
     from ..shards.reader import collate_samples
 
     fields = {k: sample[k] for k in ("__key__", INPUT, NOISE, CAMERAS, VIEWMATS, KS, VIEWS)}
-    return to_batch(collate_samples([{k: (np.array(v) if isinstance(v, np.ndarray) else v)
-                                      for k, v in fields.items()}]), torch.device("cpu"))
+    return to_batch(
+        collate_samples([{k: (np.array(v) if isinstance(v, np.ndarray) else v) for k, v in fields.items()}]),
+        torch.device("cpu"),
+    )

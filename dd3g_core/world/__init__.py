@@ -10,6 +10,7 @@ docs/world.md.
     rgba = render_rgba(g, resolution=64)     # uint8 [64, 64, 4]
 """
 
+from .primitives import PRIMITIVES
 from .procedural import DEFAULT_NUM_GAUSSIANS, gaussians_from_spec, sample_object
 from .spec import (
     BACKGROUND_PALETTE,
@@ -20,9 +21,17 @@ from .spec import (
     split_of,
     split_seeds,
 )
-from .primitives import PRIMITIVES
 
 __all__ = [
-    "BACKGROUND_PALETTE", "DEFAULT_NUM_GAUSSIANS", "PATTERNS", "PRIMITIVES", "SPLITS",
-    "background_color_for", "gaussians_from_spec", "object_spec", "sample_object", "split_of", "split_seeds",
+    "BACKGROUND_PALETTE",
+    "DEFAULT_NUM_GAUSSIANS",
+    "PATTERNS",
+    "PRIMITIVES",
+    "SPLITS",
+    "background_color_for",
+    "gaussians_from_spec",
+    "object_spec",
+    "sample_object",
+    "split_of",
+    "split_seeds",
 ]

@@ -12,7 +12,6 @@ import numpy as np
 
 from .primitives import Patch, Primitive
 
-
 # --------------------------------------------------------------------------------------
 # Rotations (float64 numpy; the world builds everything in double precision and casts once)
 # --------------------------------------------------------------------------------------

@@ -15,8 +15,9 @@ described by a json-serialisable ``params`` dict so a spec can rebuild it.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Callable, ClassVar
+from typing import ClassVar
 
 import numpy as np
 

@@ -121,6 +121,7 @@ def _share_budget(total: int, exposed: np.ndarray, curvature: np.ndarray) -> np.
     (tubes, legs) get a spacing of at most half their curvature radius so their splats do not
     stick out — but never more than 9x the density of the rest, so a tiny part cannot eat
     the budget. The common spacing is found by bisection."""
+
     def counts(spacing: float) -> np.ndarray:
         local = np.clip(0.5 * curvature, spacing / 3.0, spacing)
         return exposed / local**2

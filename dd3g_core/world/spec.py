@@ -25,8 +25,15 @@ import math
 
 import numpy as np
 
-from .geometry import axis_angle_matrix, eval_patch, frame_from_axis, matrix_to_quat, patch_stats
-from .geometry import quat_to_matrix, surface_grid
+from .geometry import (
+    axis_angle_matrix,
+    eval_patch,
+    frame_from_axis,
+    matrix_to_quat,
+    patch_stats,
+    quat_to_matrix,
+    surface_grid,
+)
 from .primitives import PRIMITIVES, Primitive, make_primitive
 
 SPEC_VERSION = 1
@@ -39,7 +46,12 @@ PATTERNS = ("solid", "stripes", "radial_stripes", "checker", "gradient", "two_to
 # Chroma-key candidates for the backdrop (0..255). Object colours are kept below full
 # saturation/value (see _random_color), so at least one key is always clearly separable.
 BACKGROUND_PALETTE: tuple[tuple[int, int, int], ...] = (
-    (0, 255, 0), (0, 0, 255), (255, 0, 255), (0, 255, 255), (255, 255, 0), (255, 0, 0),
+    (0, 255, 0),
+    (0, 0, 255),
+    (255, 0, 255),
+    (0, 255, 255),
+    (255, 255, 0),
+    (255, 0, 0),
 )
 
 _BODY_KINDS = ("ellipsoid", "box", "cylinder", "cone", "capsule", "torus")
@@ -154,9 +166,13 @@ def _surface_point(rng: np.random.Generator, prim: Primitive, prefer_top: bool) 
 def _part(role: str, prim: Primitive, rotation: np.ndarray, position, appearance) -> dict:
     pattern, colors = appearance
     return {
-        "role": role, "primitive": prim.kind, "params": prim.params,
-        "position": _r(position), "rotation": _r(matrix_to_quat(rotation), 6),
-        "pattern": pattern, "colors": colors,
+        "role": role,
+        "primitive": prim.kind,
+        "params": prim.params,
+        "position": _r(position),
+        "rotation": _r(matrix_to_quat(rotation), 6),
+        "pattern": pattern,
+        "colors": colors,
     }
 
 

@@ -41,18 +41,26 @@ def rgba_images(context: dg.AssetExecutionContext, settings: DD3GSettings):
     for key, index in shard_indices(context, config.num_shards):
         summary, cache_hit = synthesis.synthesize_shard(root, config, index)
         h = content_hash(summary)
-        records[key] = {"path": str(summary.directory), "content_hash": h, "num_samples": summary.num_samples,
-                        "stage_version": summary.manifest.get("stage_version")}
-        hits.append(cache_hit)
-        context.log.info(f"shard {key}: {'reused' if cache_hit else 'wrote'} {summary.num_samples} samples "
-                         f"in {summary.directory}")
-        context.add_asset_metadata({
-            "path": dg.MetadataValue.path(str(summary.directory)),
-            "num_samples": summary.num_samples,
-            "num_rejected": int(summary.manifest.get("num_rejected", len(summary.manifest.get("rejected", [])))),
-            "cache_hit": cache_hit,
+        records[key] = {
+            "path": str(summary.directory),
             "content_hash": h,
-        }, partition_key=key)
+            "num_samples": summary.num_samples,
+            "stage_version": summary.manifest.get("stage_version"),
+        }
+        hits.append(cache_hit)
+        context.log.info(
+            f"shard {key}: {'reused' if cache_hit else 'wrote'} {summary.num_samples} samples in {summary.directory}"
+        )
+        context.add_asset_metadata(
+            {
+                "path": dg.MetadataValue.path(str(summary.directory)),
+                "num_samples": summary.num_samples,
+                "num_rejected": int(summary.manifest.get("num_rejected", len(summary.manifest.get("rejected", [])))),
+                "cache_hit": cache_hit,
+                "content_hash": h,
+            },
+            partition_key=key,
+        )
         if previews is None and summary.num_samples:
             previews = image_markdown(synthesis.preview_grid(summary, 8), f"shard {key}")
     metadata = {

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import dagster as dg
 
-from dd3g_core.io import atomic_write_json, stable_hash, tree_sha256
+from dd3g_core.io import atomic_write_json, stable_hash
 
 from ..resources import DD3GSettings
 
@@ -36,7 +36,9 @@ class PEPDStudentConfig(dg.Config):
     config_file: str = ""  # a JSON run config (DistillConfig fields, may name a "preset"); default: the profile's
     overrides: list[str] = []  # DistillConfig overrides, "key=value" (e.g. "steps=3000")
     num_processes: int = 1  # > 1: --multi_gpu (GPUs, or gloo processes on CPU)
-    accelerate_config: str = ""  # an `accelerate launch --config_file` YAML (assets/accelerate/); wins over num_processes
+    accelerate_config: str = (
+        ""  # an `accelerate launch --config_file` YAML (assets/accelerate/); wins over num_processes
+    )
     threads_per_process: int = 0  # OMP/torch threads per process on CPU (0: cores / processes)
 
 
@@ -56,8 +58,10 @@ def trajectories_dir(records: dict[str, dict]) -> Path:
     """The one version directory holding every partition's shard set."""
     parents = {str(Path(r["path"]).parent) for r in records.values()}
     if len(parents) != 1:
-        raise ValueError(f"teacher_trajectories partitions come from different versions {sorted(parents)}: "
-                         f"materialize all its partitions with the same teacher and settings")
+        raise ValueError(
+            f"teacher_trajectories partitions come from different versions {sorted(parents)}: "
+            f"materialize all its partitions with the same teacher and settings"
+        )
     return Path(parents.pop())
 
 
@@ -70,30 +74,38 @@ def _report(metadata: dict) -> dict:
 
 
 @dg.asset(
-    ins={"teacher": dg.AssetIn(),
-         "teacher_trajectories": dg.AssetIn(partition_mapping=dg.AllPartitionMapping())},
+    ins={"teacher": dg.AssetIn(), "teacher_trajectories": dg.AssetIn(partition_mapping=dg.AllPartitionMapping())},
     code_version=CODE_VERSION,
     group_name="student",
     kinds={"pytorch"},
     description="PEPD student distilled from the teacher trajectories (Accelerate via Dagster Pipes).",
 )
-def pepd_student(context: dg.AssetExecutionContext, config: PEPDStudentConfig, settings: DD3GSettings,
-                 pipes_subprocess_client: dg.PipesSubprocessClient, teacher: dict,
-                 teacher_trajectories: dict):
+def pepd_student(
+    context: dg.AssetExecutionContext,
+    config: PEPDStudentConfig,
+    settings: DD3GSettings,
+    pipes_subprocess_client: dg.PipesSubprocessClient,
+    teacher: dict,
+    teacher_trajectories: dict,
+):
     from dd3g_core.distill import apply_overrides, load_config
-    from dd3g_core.teacher import TeacherChangedError
+    from dd3g_core.teacher import verify_teacher_folder
 
     profile = settings.profile_config()
     base = load_config(config.config_file) if config.config_file else profile.distill
     base = apply_overrides(base, list(config.overrides))
-    now = tree_sha256(teacher["path"], cache=settings.hash_cache())["sha256"]
-    if now != teacher["content_hash"]:
-        raise TeacherChangedError(f"teacher folder {teacher['path']} changed since the teacher asset recorded it: "
-                                  f"materialize teacher again")
+    verify_teacher_folder(teacher["path"], teacher["content_hash"], settings.hash_cache())  # the trainer loads it
     traj_dir = trajectories_dir(teacher_trajectories)
-    version = stable_hash({"code": CODE_VERSION, "config": base.replace(teacher=None, trajectories="").identity(),
-                           "steps": base.steps, "teacher": teacher["content_hash"], "trajectories": traj_dir.name},
-                          length=16)
+    version = stable_hash(
+        {
+            "code": CODE_VERSION,
+            "config": base.replace(teacher=None, trajectories="").identity(),
+            "steps": base.steps,
+            "teacher": teacher["content_hash"],
+            "trajectories": traj_dir.name,
+        },
+        length=16,
+    )
     run_dir = settings.root() / "pepd_student" / version
     cfg = base.replace(teacher=teacher["path"], trajectories=str(traj_dir), out=str(run_dir))
     record = {"path": str(run_dir / "pepd"), "run_dir": str(run_dir), "trajectories": str(traj_dir), "version": version}

@@ -41,8 +41,10 @@ def _train_recipe(context: dg.AssetExecutionContext, settings: DD3GSettings, rec
     run_dir = settings.root() / "teacher" / recipe
     res = train_teacher_recipe(recipe, run_dir, resume=resume)
     if res.exported is None:
-        raise RuntimeError(f"teacher recipe {recipe!r} stopped at step {res.step} of a stage in {run_dir}; "
-                           f"materialize again to resume it")
+        raise RuntimeError(
+            f"teacher recipe {recipe!r} stopped at step {res.step} of a stage in {run_dir}; "
+            f"materialize again to resume it"
+        )
     context.log.info(f"teacher recipe {recipe!r} done (last stage at step {res.step}) in {run_dir}")
     return res.exported
 
@@ -57,9 +59,11 @@ def _teacher_folder(context, config: TeacherConfig, settings: DD3GSettings) -> t
         return _train_recipe(context, settings, spec.recipe, config.resume), f"recipe:{spec.recipe}"
     if spec.path:
         return Path(spec.path).expanduser(), "shipped" if spec.kind == "tiny" else "profile"
-    raise MissingWeightsError(f"the {settings.profile_config().name} profile needs a local ImageDream folder: set "
-                              f"${TEACHER_PATH_ENV} (or the settings resource's teacher_path, or teacher.path in a "
-                              f"profile file). {HOWTO}")
+    raise MissingWeightsError(
+        f"the {settings.profile_config().name} profile needs a local ImageDream folder: set "
+        f"${TEACHER_PATH_ENV} (or the settings resource's teacher_path, or teacher.path in a "
+        f"profile file). {HOWTO}"
+    )
 
 
 @dg.asset(
@@ -67,7 +71,7 @@ def _teacher_folder(context, config: TeacherConfig, settings: DD3GSettings) -> t
     group_name="teacher",
     kinds={"pytorch"},
     description="The multi-view teacher folder (tiny: shipped or retrained; full: a validated local ImageDream), "
-                "recorded with its content hash.",
+    "recorded with its content hash.",
 )
 def teacher(context: dg.AssetExecutionContext, config: TeacherConfig, settings: DD3GSettings):
     spec = settings.profile_config().teacher
@@ -83,9 +87,14 @@ def teacher(context: dg.AssetExecutionContext, config: TeacherConfig, settings: 
         "size_bytes": record["bytes"],
     }
     if record["kind"] == "tiny":
-        metadata.update(config_hash=record["config_hash"], parameters=record["parameters"],
-                        default_steps=record["default_steps"], default_guidance=record["default_guidance"])
+        metadata.update(
+            config_hash=record["config_hash"],
+            parameters=record["parameters"],
+            default_steps=record["default_steps"],
+            default_guidance=record["default_guidance"],
+        )
     else:
         metadata.update(unet_parameters=record["unet_parameters"], unet=dg.MetadataValue.json(record["unet"]))
-    return dg.MaterializeResult(value=record, data_version=dg.DataVersion(record["content_hash"][:16]),
-                                metadata=metadata)
+    return dg.MaterializeResult(
+        value=record, data_version=dg.DataVersion(record["content_hash"][:16]), metadata=metadata
+    )

@@ -30,22 +30,30 @@ CODE_VERSION = f"traj-{traj.CODE_VERSION}.asset-2"
     check_specs=TRAJECTORY_CHECKS,
     description="Teacher DDIM trajectories {II, N, C, OI, x_t} per RGBA image and noise draw, one shard per partition.",
 )
-def teacher_trajectories(context: dg.AssetExecutionContext, settings: DD3GSettings, rgba_images: dict,
-                         teacher: dict):
+def teacher_trajectories(context: dg.AssetExecutionContext, settings: DD3GSettings, rgba_images: dict, teacher: dict):
     profile = settings.profile_config()
     config = profile.trajectories
     root = settings.root()
-    model = load_teacher(teacher["path"], device=profile.teacher.device, content_hash=teacher["content_hash"],
-                         hash_cache=settings.hash_cache())
-    context.log.info(f"teacher {model.teacher_id} from {teacher['path']} (config hash {model.config_hash()}) "
-                     f"on {model.device}")
+    model = load_teacher(
+        teacher["path"],
+        device=profile.teacher.device,
+        content_hash=teacher["content_hash"],
+        hash_cache=settings.hash_cache(),
+    )
+    context.log.info(
+        f"teacher {model.teacher_id} from {teacher['path']} (config hash {model.config_hash()}) on {model.device}"
+    )
     spec = traj.SampleSpec.for_teacher(model, len(config.record_steps))
     records, hits, rejects, count_problems, sample_problems = {}, [], 0, [], []
     for key, index in shard_indices(context, profile.num_shards):
         summary, cache_hit = traj.cache_shard(root, rgba_images[key]["path"], model, config, index)
         h = content_hash(summary)
-        records[key] = {"path": str(summary.directory), "content_hash": h, "num_samples": summary.num_samples,
-                        "stage_version": summary.manifest.get("stage_version")}
+        records[key] = {
+            "path": str(summary.directory),
+            "content_hash": h,
+            "num_samples": summary.num_samples,
+            "stage_version": summary.manifest.get("stage_version"),
+        }
         hits.append(cache_hit)
         n_rej = len(summary.manifest.get("rejects", []))
         rejects += n_rej
@@ -53,17 +61,22 @@ def teacher_trajectories(context: dg.AssetExecutionContext, settings: DD3GSettin
         count_problems += cp
         sample_problems += sp
         stats = summary.manifest.get("stats", {})
-        context.log.info(f"shard {key}: {'reused' if cache_hit else 'cached'} {summary.num_samples} samples "
-                         f"({n_rej} rejects) in {summary.directory}")
-        context.add_asset_metadata({
-            "path": dg.MetadataValue.path(str(summary.directory)),
-            "num_samples": summary.num_samples,
-            "num_rejects": n_rej,
-            "rejects": dg.MetadataValue.json(summary.manifest.get("rejects", [])[:20]),
-            "cache_hit": cache_hit,
-            "content_hash": h,
-            "teacher_seconds": float(stats.get("teacher_seconds", 0.0)),
-        }, partition_key=key)
+        context.log.info(
+            f"shard {key}: {'reused' if cache_hit else 'cached'} {summary.num_samples} samples "
+            f"({n_rej} rejects) in {summary.directory}"
+        )
+        context.add_asset_metadata(
+            {
+                "path": dg.MetadataValue.path(str(summary.directory)),
+                "num_samples": summary.num_samples,
+                "num_rejects": n_rej,
+                "rejects": dg.MetadataValue.json(summary.manifest.get("rejects", [])[:20]),
+                "cache_hit": cache_hit,
+                "content_hash": h,
+                "teacher_seconds": float(stats.get("teacher_seconds", 0.0)),
+            },
+            partition_key=key,
+        )
     total = sum(r["num_samples"] for r in records.values())
     versions = sorted({str(r["stage_version"]) for r in records.values()})
     return dg.MaterializeResult(

@@ -19,10 +19,16 @@ __all__ = ["ALPHA_COVERAGE_RANGE", "RGBA_CHECKS", "check_rgba_shard", "rgba_chec
 ALPHA_COVERAGE_RANGE = (0.01, 0.9)
 
 RGBA_CHECKS = [
-    dg.AssetCheckSpec("shards_match_manifest", asset="rgba_images",
-                      description="Shards match the manifest (size, sha256) and the samples read back = its count."),
-    dg.AssetCheckSpec("alpha_coverage_in_range", asset="rgba_images",
-                      description=f"Every image's alpha coverage is within {ALPHA_COVERAGE_RANGE}."),
+    dg.AssetCheckSpec(
+        "shards_match_manifest",
+        asset="rgba_images",
+        description="Shards match the manifest (size, sha256) and the samples read back = its count.",
+    ),
+    dg.AssetCheckSpec(
+        "alpha_coverage_in_range",
+        asset="rgba_images",
+        description=f"Every image's alpha coverage is within {ALPHA_COVERAGE_RANGE}.",
+    ),
 ]
 
 
@@ -41,8 +47,10 @@ def check_rgba_shard(directory: Path) -> tuple[list[str], list[float]]:
     if count != summary.num_samples or sum(f["samples"] for f in m["files"]) != count:
         problems.append(f"{directory}: read {count} samples, manifest says {summary.num_samples}")
     if "attempted" in m and m.get("accepted", count) + m.get("num_rejected", 0) != m["attempted"]:
-        problems.append(f"{directory}: accepted {m.get('accepted')} + rejected {m.get('num_rejected')} "
-                        f"!= attempted {m['attempted']}")
+        problems.append(
+            f"{directory}: accepted {m.get('accepted')} + rejected {m.get('num_rejected')} "
+            f"!= attempted {m['attempted']}"
+        )
     return problems, coverages
 
 
@@ -55,10 +63,19 @@ def rgba_check_results(directories: list[Path]) -> list[dg.AssetCheckResult]:
     lo, hi = ALPHA_COVERAGE_RANGE
     bad = [c for c in coverages if not lo <= c <= hi]
     return [
-        dg.AssetCheckResult(check_name="shards_match_manifest", passed=not problems,
-                            metadata={"problems": dg.MetadataValue.json(problems[:20]), "samples": len(coverages)}),
-        dg.AssetCheckResult(check_name="alpha_coverage_in_range", passed=bool(coverages) and not bad,
-                            metadata={"min": float(min(coverages, default=np.nan)),
-                                      "max": float(max(coverages, default=np.nan)),
-                                      "out_of_range": len(bad), "range": list(ALPHA_COVERAGE_RANGE)}),
+        dg.AssetCheckResult(
+            check_name="shards_match_manifest",
+            passed=not problems,
+            metadata={"problems": dg.MetadataValue.json(problems[:20]), "samples": len(coverages)},
+        ),
+        dg.AssetCheckResult(
+            check_name="alpha_coverage_in_range",
+            passed=bool(coverages) and not bad,
+            metadata={
+                "min": float(min(coverages, default=np.nan)),
+                "max": float(max(coverages, default=np.nan)),
+                "out_of_range": len(bad),
+                "range": list(ALPHA_COVERAGE_RANGE),
+            },
+        ),
     ]

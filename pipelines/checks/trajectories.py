@@ -15,15 +15,22 @@ from dd3g_core.trajectories import SampleSpec, TrajectoryCacheConfig
 __all__ = ["TRAJECTORY_CHECKS", "check_trajectory_shard", "trajectory_check_results"]
 
 TRAJECTORY_CHECKS = [
-    dg.AssetCheckSpec("counts_match_manifest", asset="teacher_trajectories",
-                      description="Shards validate; samples + teacher rejects = input images x noise draws."),
-    dg.AssetCheckSpec("finite_and_shaped", asset="teacher_trajectories",
-                      description="A sample per shard: all arrays finite, shapes as the teacher implies."),
+    dg.AssetCheckSpec(
+        "counts_match_manifest",
+        asset="teacher_trajectories",
+        description="Shards validate; samples + teacher rejects = input images x noise draws.",
+    ),
+    dg.AssetCheckSpec(
+        "finite_and_shaped",
+        asset="teacher_trajectories",
+        description="A sample per shard: all arrays finite, shapes as the teacher implies.",
+    ),
 ]
 
 
-def check_trajectory_shard(summary: ShardSetSummary, spec: SampleSpec,
-                           config: TrajectoryCacheConfig) -> tuple[list[str], list[str]]:
+def check_trajectory_shard(
+    summary: ShardSetSummary, spec: SampleSpec, config: TrajectoryCacheConfig
+) -> tuple[list[str], list[str]]:
     """Problems of one cached shard set: (count problems, sample problems)."""
     d = summary.directory
     try:
@@ -35,19 +42,28 @@ def check_trajectory_shard(summary: ShardSetSummary, spec: SampleSpec,
     teacher_rejects = sum(1 for r in m.get("rejects", []) if r.get("stage") == "teacher")
     counts = []
     if summary.num_samples + teacher_rejects != images * config.num_noise_draws:
-        counts.append(f"{d}: {summary.num_samples} samples + {teacher_rejects} teacher rejects != "
-                      f"{images} images x {config.num_noise_draws} draws")
+        counts.append(
+            f"{d}: {summary.num_samples} samples + {teacher_rejects} teacher rejects != "
+            f"{images} images x {config.num_noise_draws} draws"
+        )
     if summary.num_samples == 0:
         return counts, []
     sample = next(iter(iter_samples(d, validate=False)))
     return counts, [f"{d}/{p}" for p in spec.problems(sample)]
 
 
-def trajectory_check_results(count_problems: list[str], sample_problems: list[str],
-                             samples: int) -> list[dg.AssetCheckResult]:
+def trajectory_check_results(
+    count_problems: list[str], sample_problems: list[str], samples: int
+) -> list[dg.AssetCheckResult]:
     return [
-        dg.AssetCheckResult(check_name="counts_match_manifest", passed=not count_problems,
-                            metadata={"problems": dg.MetadataValue.json(count_problems[:20]), "samples": samples}),
-        dg.AssetCheckResult(check_name="finite_and_shaped", passed=not sample_problems,
-                            metadata={"problems": dg.MetadataValue.json(sample_problems[:20])}),
+        dg.AssetCheckResult(
+            check_name="counts_match_manifest",
+            passed=not count_problems,
+            metadata={"problems": dg.MetadataValue.json(count_problems[:20]), "samples": samples},
+        ),
+        dg.AssetCheckResult(
+            check_name="finite_and_shaped",
+            passed=not sample_problems,
+            metadata={"problems": dg.MetadataValue.json(sample_problems[:20])},
+        ),
     ]

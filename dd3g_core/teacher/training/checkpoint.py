@@ -11,8 +11,9 @@ import base64
 import json
 import shutil
 import time
+from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Mapping
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
@@ -30,8 +31,7 @@ def latest_checkpoint(out_dir: str | Path) -> Path | None:
     d = Path(out_dir) / CKPT_DIR
     if not d.is_dir():
         return None
-    cands = sorted(p for p in d.iterdir() if p.is_dir() and p.name.startswith("step_")
-                   and (p / "state.json").is_file())
+    cands = sorted(p for p in d.iterdir() if p.is_dir() and p.name.startswith("step_") and (p / "state.json").is_file())
     return cands[-1] if cands else None
 
 
@@ -67,9 +67,17 @@ def _load_optimizer(opt: torch.optim.Optimizer, tensors: Mapping[str, Tensor], g
     opt.load_state_dict({"state": state, "param_groups": groups})
 
 
-def save_checkpoint(out_dir: Path, step: int, teacher: TinyTeacher, ema: dict[str, Tensor],
-                    opt: torch.optim.Optimizer, gen: torch.Generator, config: TeacherTrainConfig,
-                    train_time_s: float, keep: int) -> Path:
+def save_checkpoint(
+    out_dir: Path,
+    step: int,
+    teacher: TinyTeacher,
+    ema: dict[str, Tensor],
+    opt: torch.optim.Optimizer,
+    gen: torch.Generator,
+    config: TeacherTrainConfig,
+    train_time_s: float,
+    keep: int,
+) -> Path:
     from safetensors.torch import save_file
 
     path = out_dir / CKPT_DIR / f"step_{step:08d}"
@@ -78,9 +86,16 @@ def save_checkpoint(out_dir: Path, step: int, teacher: TinyTeacher, ema: dict[st
         save_file({k: v.detach().contiguous() for k, v in teacher.state_dict().items()}, str(tmp / "model.safetensors"))
         save_file({k: v.contiguous() for k, v in ema.items()}, str(tmp / "ema.safetensors"))
         save_file(opt_tensors, str(tmp / "optimizer.safetensors"))
-        state = {"step": step, "generator_state": _gen_state_to_str(gen), "param_groups": groups,
-                 "train_time_s": train_time_s, "config": config.to_dict(), "teacher_config": teacher.to_config(),
-                 "torch_version": torch.__version__, "saved_at": time.time()}
+        state = {
+            "step": step,
+            "generator_state": _gen_state_to_str(gen),
+            "param_groups": groups,
+            "train_time_s": train_time_s,
+            "config": config.to_dict(),
+            "teacher_config": teacher.to_config(),
+            "torch_version": torch.__version__,
+            "saved_at": time.time(),
+        }
         atomic_write_bytes(tmp / "state.json", (json.dumps(state, indent=1) + "\n").encode())
     ckpts = sorted(p for p in (out_dir / CKPT_DIR).iterdir() if p.is_dir() and p.name.startswith("step_"))
     for old in ckpts[:-keep] if keep > 0 else []:
@@ -114,8 +129,9 @@ def export_teacher(checkpoint: str | Path, out: str | Path, use_ema: bool = True
     if not (ck / "state.json").is_file():
         latest = latest_checkpoint(ck)
         if latest is None:
-            raise FileNotFoundError(f"no teacher training checkpoint in {ck} (expected state.json or "
-                                    f"{CKPT_DIR}/step_*/state.json)")
+            raise FileNotFoundError(
+                f"no teacher training checkpoint in {ck} (expected state.json or {CKPT_DIR}/step_*/state.json)"
+            )
         ck = latest
     state = json.loads((ck / "state.json").read_text())
     teacher = TinyTeacher.from_config(state["teacher_config"])

@@ -33,9 +33,9 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -62,9 +62,14 @@ class RenderSpec:
     supersample: int = 2  # views rendered at this multiple of the layout resolution, then resized
 
     def to_dict(self) -> dict:
-        return {"layout": self.layout, "input_resolution": self.input_resolution,
-                "num_gaussians": self.num_gaussians, "background": list(self.background), "split": self.split,
-                "supersample": self.supersample}
+        return {
+            "layout": self.layout,
+            "input_resolution": self.input_resolution,
+            "num_gaussians": self.num_gaussians,
+            "background": list(self.background),
+            "split": self.split,
+            "supersample": self.supersample,
+        }
 
 
 def render_example(seed: int, spec: RenderSpec = RenderSpec()) -> tuple[np.ndarray, np.ndarray]:
@@ -76,9 +81,9 @@ def render_example(seed: int, spec: RenderSpec = RenderSpec()) -> tuple[np.ndarr
     resized input up to uint8 rounding. When ``input_resolution`` equals the supersampled size
     the input is taken from the same render (the layout's input view has the input camera).
     """
+    from ...images import resize_square
     from ...render.views import render_rgba, render_views, to_uint8
     from ...world import sample_object
-    from ...images import resize_square
 
     layout: ViewLayout = get_layout(spec.layout)
     g = sample_object(int(seed), spec.num_gaussians)
@@ -91,9 +96,14 @@ def render_example(seed: int, spec: RenderSpec = RenderSpec()) -> tuple[np.ndarr
         a8 = to_uint8(a)
         rgba = np.concatenate([np.where(a8 > 0, to_uint8(straight), 0).astype(np.uint8), a8], axis=-1)
     else:
-        rgba = render_rgba(g, azimuth_deg=layout.azimuths_deg[max(layout.input_view, 0)] if layout.input_view >= 0
-                           else 0.0, elevation_deg=layout.elevation_deg, radius=layout.radius,
-                           fov_deg=layout.fov_deg, resolution=spec.input_resolution)  # [R_in, R_in, 4]
+        rgba = render_rgba(
+            g,
+            azimuth_deg=layout.azimuths_deg[max(layout.input_view, 0)] if layout.input_view >= 0 else 0.0,
+            elevation_deg=layout.elevation_deg,
+            radius=layout.radius,
+            fov_deg=layout.fov_deg,
+            resolution=spec.input_resolution,
+        )  # [R_in, R_in, 4]
     bg = torch.as_tensor(spec.background, dtype=torch.float32).reshape(1, 1, 1, 3)
     comp = (premul + bg * (1.0 - alpha)).clamp(0, 1).permute(0, 3, 1, 2)  # [V, 3, S, S]
     views = resize_square(comp, layout.resolution).clamp(0, 1)
@@ -191,7 +201,7 @@ class MultiViewDataset:
         prefix = 0
         while prefix < len(names) and names[prefix] == expected[prefix]:
             prefix += 1
-        new = shards[len(self._shards):prefix]
+        new = shards[len(self._shards) : prefix]
         if self.max_objects is not None and len(self) >= self.max_objects:
             new = []
         for p in new:

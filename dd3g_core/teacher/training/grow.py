@@ -40,15 +40,18 @@ def _copy_sequential(old: nn.Sequential, new: nn.Sequential, where: str) -> int:
                 layer.proj_out.bias.zero_()
             added += 1
         else:
-            raise ValueError(f"{where}: cannot match new layer {type(layer).__name__} to the old block "
-                             f"{[type(x).__name__ for x in old]}")
+            raise ValueError(
+                f"{where}: cannot match new layer {type(layer).__name__} to the old block "
+                f"{[type(x).__name__ for x in old]}"
+            )
     if p != len(old):
         raise ValueError(f"{where}: old layers {[type(x).__name__ for x in old][p:]} have no place in the new block")
     return added
 
 
-def grow_unet(old: MultiViewUNet, attention_resolutions: tuple[int, ...] | None = None,
-              concat_image: bool | None = None) -> MultiViewUNet:
+def grow_unet(
+    old: MultiViewUNet, attention_resolutions: tuple[int, ...] | None = None, concat_image: bool | None = None
+) -> MultiViewUNet:
     """A copy of ``old`` with joint attention at (at least) ``attention_resolutions`` and, with
     ``concat_image=True``, the input image concatenated to every view: the stem conv gets zero
     weights for the new channels, so the function is unchanged there too."""
@@ -57,11 +60,13 @@ def grow_unet(old: MultiViewUNet, attention_resolutions: tuple[int, ...] | None 
     concat_image = oc.concat_image if concat_image is None else bool(concat_image)
     extra = set(attention_resolutions) - set(oc.attention_resolutions)
     if set(oc.attention_resolutions) - set(attention_resolutions):
-        raise ValueError(f"growing cannot remove attention levels {sorted(set(oc.attention_resolutions) - set(attention_resolutions))}")
+        removed = sorted(set(oc.attention_resolutions) - set(attention_resolutions))
+        raise ValueError(f"growing cannot remove attention levels {removed}")
     if oc.concat_image and not concat_image:
         raise ValueError("growing cannot remove the image concatenation")
-    new_cfg = dataclasses.replace(oc, attention_resolutions=tuple(sorted(set(attention_resolutions))),
-                                  concat_image=concat_image)
+    new_cfg = dataclasses.replace(
+        oc, attention_resolutions=tuple(sorted(set(attention_resolutions))), concat_image=concat_image
+    )
     new = MultiViewUNet(new_cfg).to(next(old.parameters()).dtype)
     widen_stem = concat_image and not oc.concat_image
     if widen_stem:  # widen the stem: old weights for x, zeros for the image
@@ -80,8 +85,9 @@ def grow_unet(old: MultiViewUNet, attention_resolutions: tuple[int, ...] | None 
                 continue  # the widened stem, copied above
             added += _copy_sequential(a, b, f"{group}.{i}")
     added += _copy_sequential(old.middle_block, new.middle_block, "middle_block")
-    expected = sum(1 for m in new.modules() if isinstance(m, SpatialTransformer3D)) - \
-        sum(1 for m in old.modules() if isinstance(m, SpatialTransformer3D))
+    expected = sum(1 for m in new.modules() if isinstance(m, SpatialTransformer3D)) - sum(
+        1 for m in old.modules() if isinstance(m, SpatialTransformer3D)
+    )
     if added != expected or (extra and not added):
         raise AssertionError(f"grew {added} transformers, expected {expected}")
     return new

@@ -15,9 +15,10 @@ and a finished stage is a no-op, so a killed recipe run continues where it stopp
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from .train import TRAIN_PRESETS, TeacherTrainConfig, TrainResult, pretrain_tiny_teacher
 
@@ -37,23 +38,35 @@ RECIPES: dict[str, tuple[RecipeStage, ...]] = {
     # ~4 h of training on 2 CPU cores (182 k object samples)
     "shipped": (
         RecipeStage("base", "tiny", 1391),
-        RecipeStage("concat", "tiny_concat", 4300, {"cooldown_start": 3600, "cooldown_steps": 700},
-                    grow_from_previous=True),
+        RecipeStage(
+            "concat", "tiny_concat", 4300, {"cooldown_start": 3600, "cooldown_steps": 700}, grow_from_previous=True
+        ),
     ),
     # seconds, for tests: the same two-stage shape on the smoke U-Net
     "smoke": (
         RecipeStage("base", "smoke", 4),
-        RecipeStage("concat", "smoke", 6,
-                    {"unet_overrides": {**TRAIN_PRESETS["smoke"].unet_overrides, "concat_image": True},
-                     "cooldown_start": 4, "cooldown_steps": 2},
-                    grow_from_previous=True),
+        RecipeStage(
+            "concat",
+            "smoke",
+            6,
+            {
+                "unet_overrides": {**TRAIN_PRESETS["smoke"].unet_overrides, "concat_image": True},
+                "cooldown_start": 4,
+                "cooldown_steps": 2,
+            },
+            grow_from_previous=True,
+        ),
     ),
 }
 
 
 def _stage_config(stage: RecipeStage, data_dir: Path, init_from: Path | None) -> TeacherTrainConfig:
-    return TeacherTrainConfig.preset(stage.preset, **stage.changes, data_dir=str(data_dir),
-                                    init_from=str(init_from) if init_from is not None else None)
+    return TeacherTrainConfig.preset(
+        stage.preset,
+        **stage.changes,
+        data_dir=str(data_dir),
+        init_from=str(init_from) if init_from is not None else None,
+    )
 
 
 def train_teacher_recipe(recipe: str, out_dir: str | Path, resume: bool = True) -> TrainResult:

@@ -41,27 +41,40 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 import shutil
 import signal
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import torch
 
 from .. import sampler as ddim
-from .checkpoint import (
-    CKPT_DIR, _gen_state_from_str, _load_optimizer, _truncate_log, checkpoint_step, export_teacher,
-    latest_checkpoint, save_checkpoint,
-)
 from ..config import MultiViewUNetConfig
-from .data import MultiViewDataset, RenderSpec, generate_cache
 from ..tiny import TinyTeacher
+from .checkpoint import (
+    CKPT_DIR,
+    _gen_state_from_str,
+    _load_optimizer,
+    _truncate_log,
+    checkpoint_step,
+    export_teacher,
+    latest_checkpoint,
+    save_checkpoint,
+)
+from .data import MultiViewDataset, RenderSpec, generate_cache
 
-__all__ = ["TeacherTrainConfig", "TRAIN_PRESETS", "pretrain_tiny_teacher", "export_teacher", "latest_checkpoint",
-           "TrainResult", "checkpoint_step"]
+__all__ = [
+    "TeacherTrainConfig",
+    "TRAIN_PRESETS",
+    "pretrain_tiny_teacher",
+    "export_teacher",
+    "latest_checkpoint",
+    "TrainResult",
+    "checkpoint_step",
+]
 
 LOG_NAME = "log.jsonl"
 
@@ -109,14 +122,14 @@ class TeacherTrainConfig:
         return d
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "TeacherTrainConfig":
+    def from_dict(cls, d: Mapping[str, Any]) -> TeacherTrainConfig:
         d = dict(d)
         if "betas" in d:
             d["betas"] = tuple(d["betas"])
         return cls(**d)
 
     @classmethod
-    def preset(cls, name: str, **changes: Any) -> "TeacherTrainConfig":
+    def preset(cls, name: str, **changes: Any) -> TeacherTrainConfig:
         if name not in TRAIN_PRESETS:
             raise ValueError(f"unknown teacher training preset {name!r}; choose from {sorted(TRAIN_PRESETS)}")
         return dataclasses.replace(TRAIN_PRESETS[name], **changes)
@@ -135,8 +148,9 @@ TRAIN_PRESETS: dict[str, TeacherTrainConfig] = {
     "tiny": TeacherTrainConfig(),
     # The shipped teacher grown to joint attention at 16x16 too (docs/teacher.md "Diagnosis"),
     # trained on: batch 16 keeps a step near the tiny preset's cost.
-    "tiny16": TeacherTrainConfig(unet_overrides={"attention_resolutions": (2, 4, 8)}, init_from="shipped",
-                                 batch_size=16, warmup_steps=100),
+    "tiny16": TeacherTrainConfig(
+        unet_overrides={"attention_resolutions": (2, 4, 8)}, init_from="shipped", batch_size=16, warmup_steps=100
+    ),
     # The space-to-depth teacher (U-Net preset tiny_s2d, latents 12 x 16x16): joint attention at
     # full image detail; trained from scratch.
     "tiny_s2d": TeacherTrainConfig(unet_preset="tiny_s2d", latent_patch=2, batch_size=16, warmup_steps=200),
@@ -145,10 +159,26 @@ TRAIN_PRESETS: dict[str, TeacherTrainConfig] = {
     "tiny_concat": TeacherTrainConfig(unet_overrides={"concat_image": True}, init_from="shipped", warmup_steps=100),
     # Seconds, for tests: a small U-Net, 8 objects, checkpoints every 2 steps.
     "smoke": TeacherTrainConfig(
-        unet_overrides={"model_channels": 16, "channel_mult": (1, 2), "attention_resolutions": (2,),
-                        "num_res_blocks": 1, "num_head_channels": 16, "context_dim": 32, "resampler_depth": 1},
-        num_objects=8, shard_size=4, num_gaussians=400, batch_size=2, lr=1e-3,
-        warmup_steps=2, max_steps=6, checkpoint_every=2, log_every=1, threads=1, ema_decay=0.9,
+        unet_overrides={
+            "model_channels": 16,
+            "channel_mult": (1, 2),
+            "attention_resolutions": (2,),
+            "num_res_blocks": 1,
+            "num_head_channels": 16,
+            "context_dim": 32,
+            "resampler_depth": 1,
+        },
+        num_objects=8,
+        shard_size=4,
+        num_gaussians=400,
+        batch_size=2,
+        lr=1e-3,
+        warmup_steps=2,
+        max_steps=6,
+        checkpoint_every=2,
+        log_every=1,
+        threads=1,
+        ema_decay=0.9,
     ),
 }
 
@@ -171,16 +201,19 @@ def build_teacher(config: TeacherTrainConfig) -> TinyTeacher:
     if config.zero_init:
         zero_init_residuals(teacher)
     if config.init_from:
-        from .grow import grow_unet
         from ..tiny import default_tiny_teacher_path
+        from .grow import grow_unet
 
-        src = TinyTeacher.from_pretrained(default_tiny_teacher_path() if config.init_from == "shipped"
-                                          else config.init_from)
+        src = TinyTeacher.from_pretrained(
+            default_tiny_teacher_path() if config.init_from == "shipped" else config.init_from
+        )
         target = config.unet_config()
         grown = grow_unet(src.unet, target.attention_resolutions, target.concat_image)
         if grown.config != teacher.unet.config:
-            raise ValueError(f"init_from {config.init_from}: its U-Net grown ({grown.config}) differs from the "
-                             f"configured one ({teacher.unet.config}) beyond attention levels and image concatenation")
+            raise ValueError(
+                f"init_from {config.init_from}: its U-Net grown ({grown.config}) differs from the "
+                f"configured one ({teacher.unet.config}) beyond attention levels and image concatenation"
+            )
         teacher.unet.load_state_dict(grown.state_dict(), strict=True)
         teacher.image_encoder.load_state_dict(src.image_encoder.state_dict(), strict=True)
         with torch.no_grad():
@@ -226,7 +259,7 @@ class _Stop:
         self.requested = False
         self._old: dict[int, Any] = {}
 
-    def __enter__(self) -> "_Stop":
+    def __enter__(self) -> _Stop:
         import threading
 
         if threading.current_thread() is threading.main_thread():
@@ -306,8 +339,18 @@ def pretrain_tiny_teacher(
 
     with _Stop() as stop, open(log_path, "a") as log:
         if ckpt is None:
-            log.write(json.dumps({"event": "start", "step": 0, "config": cfg.to_dict(), "objects": len(data),
-                                  "parameters": sum(p.numel() for p in params)}) + "\n")
+            log.write(
+                json.dumps(
+                    {
+                        "event": "start",
+                        "step": 0,
+                        "config": cfg.to_dict(),
+                        "objects": len(data),
+                        "parameters": sum(p.numel() for p in params),
+                    }
+                )
+                + "\n"
+            )
         else:
             log.write(json.dumps({"event": "resume", "step": step, "from": str(ckpt), "objects": len(data)}) + "\n")
         log.flush()
@@ -357,10 +400,22 @@ def pretrain_tiny_teacher(
                 on_step(step, lv)
             if step % cfg.log_every == 0 or step == total_steps:
                 el = time.perf_counter() - win_t0
-                log.write(json.dumps({"step": step, "loss": sum(window) / len(window), "lr": lr,
-                                      "grad_norm": float(gnorm), "s_per_step": el / win_steps,
-                                      "samples_per_s": win_steps * b / el, "objects": len(data),
-                                      "train_time_s": round(train_time, 2), "time": time.time()}) + "\n")
+                log.write(
+                    json.dumps(
+                        {
+                            "step": step,
+                            "loss": sum(window) / len(window),
+                            "lr": lr,
+                            "grad_norm": float(gnorm),
+                            "s_per_step": el / win_steps,
+                            "samples_per_s": win_steps * b / el,
+                            "objects": len(data),
+                            "train_time_s": round(train_time, 2),
+                            "time": time.time(),
+                        }
+                    )
+                    + "\n"
+                )
                 log.flush()
                 window, win_t0, win_steps = [], time.perf_counter(), 0
             if step % cfg.checkpoint_every == 0 or step == total_steps or stop.requested:
