@@ -293,3 +293,18 @@ def test_all_assets_are_in_the_graph():
         "teacher_trajectories",
         "pepd_student",
     }
+
+
+def test_student_refuses_overrides_the_graph_decides(tmp_path):
+    from pipelines.assets.student import PEPDStudentConfig, pepd_student
+
+    context = dg.build_asset_context()
+    with pytest.raises(ValueError, match="come from the graph"):
+        pepd_student(
+            context=context,
+            config=PEPDStudentConfig(overrides=["steps=3", "teacher=/elsewhere"]),
+            settings=resources(tmp_path)["settings"],
+            pipes_subprocess_client=dg.PipesSubprocessClient(),
+            teacher={},
+            teacher_trajectories={},
+        )

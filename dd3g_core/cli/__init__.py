@@ -204,7 +204,8 @@ def _add_world(sub) -> None:
 
 
 def _run_teacher_pretrain(args) -> int:
-    from ..teacher.training.train import TeacherTrainConfig, pretrain_tiny_teacher
+    from ..teacher.training.config import TeacherTrainConfig
+    from ..teacher.training.train import pretrain_tiny_teacher
 
     changes = {}
     if args.data_dir is not None:

@@ -197,7 +197,7 @@ PRESETS: dict[str, MultiViewUNetConfig] = {
 # The tiny teacher on 2x2 space-to-depth pixels (TinyTeacher latent_patch=2: 12 x 16x16, a
 # permutation of the 32x32 RGB pixels). Joint cross-view attention at every level (16, 8, 4),
 # so the input view reaches the others at full image detail (the "tiny" preset mixes views only
-# at 8x8/4x4 pixels, which left the seen view a blur: docs/teacher.md "Diagnosis"). ~7.6 M
+# at 8x8/4x4 pixels, which left the seen view a blur: docs/experiments/teacher_training.md, "diagnosis"). ~7.6 M
 # parameters, ~1.7 s per training step of 16 objects on 2 cores.
 PRESETS["tiny_s2d"] = PRESETS["tiny"].replace(
     image_size=16,

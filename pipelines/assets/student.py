@@ -30,6 +30,7 @@ from dd3g_core.io import atomic_write_json, stable_hash
 from ..resources import DD3GSettings
 
 CODE_VERSION = "2"
+GRAPH_FIELDS = ("teacher", "trajectories", "out")  # DistillConfig fields the graph decides
 
 
 class PEPDStudentConfig(dg.Config):
@@ -91,6 +92,12 @@ def pepd_student(
     from dd3g_core.distill import apply_overrides, load_config
     from dd3g_core.teacher import verify_teacher_folder
 
+    fixed = sorted({o.split("=", 1)[0] for o in config.overrides} & set(GRAPH_FIELDS))
+    if fixed:
+        raise ValueError(
+            f"overrides {fixed} come from the graph (the teacher and teacher_trajectories records, the data root): "
+            f"give another teacher through the settings resource's teacher_path / $DD3G_TEACHER_PATH instead"
+        )
     profile = settings.profile_config()
     base = load_config(config.config_file) if config.config_file else profile.distill
     base = apply_overrides(base, list(config.overrides))

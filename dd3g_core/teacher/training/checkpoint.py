@@ -22,7 +22,7 @@ from ...io import atomic_directory, atomic_write_bytes
 from ..tiny import TinyTeacher
 
 if TYPE_CHECKING:
-    from .train import TeacherTrainConfig
+    from .config import TeacherTrainConfig
 
 CKPT_DIR = "checkpoints"
 

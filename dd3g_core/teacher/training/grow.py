@@ -2,7 +2,7 @@
 concatenated to every view), function-preserving.
 
 The tiny teacher's joint attention sits at 8x8 and 4x4 only, which limits how well it copies the
-input view (docs/teacher.md, "Diagnosis"). ``grow_unet`` builds a U-Net with extra
+input view (docs/experiments/teacher_training.md, "diagnosis"). ``grow_unet`` builds a U-Net with extra
 ``attention_resolutions`` and copies every trained block into it; the new
 ``SpatialTransformer3D`` blocks get a zero ``proj_out`` (weight and bias), so each is an exact
 identity residual and the grown network computes the trained function (up to float rounding,

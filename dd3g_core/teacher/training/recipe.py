@@ -20,7 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .train import TRAIN_PRESETS, TeacherTrainConfig, TrainResult, pretrain_tiny_teacher
+from .config import TRAIN_PRESETS, TeacherTrainConfig
+from .train import TrainResult, pretrain_tiny_teacher
 
 __all__ = ["RecipeStage", "RECIPES", "train_teacher_recipe"]
 
