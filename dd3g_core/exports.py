@@ -6,6 +6,7 @@ fov 49.1 degrees, as ``ViewLayout``), on a plain background (floats in 0..1, whi
 
 from __future__ import annotations
 
+import numbers
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -66,6 +67,8 @@ def save_turntable(
     import imageio.v2 as imageio  # lazy: imageio's plugin registry is slow to import
 
     ext = _turntable_format(path)
+    if isinstance(fps, bool) or not isinstance(fps, numbers.Real) or not 0 < fps <= 1000:
+        raise ValueError(f"turntable fps must be a number in (0, 1000], got {fps!r}")  # 0 divided by zero
     if ext == ".mp4":
         resolution = max(MP4_BLOCK, MP4_BLOCK * round(resolution / MP4_BLOCK))
     frames = turntable_frames(gaussians, num_frames, elevation_deg, resolution, background, backend=backend)

@@ -2,7 +2,11 @@
 
 Recipe, per input image:
 
-1. load it (any mode; corrupt, empty or bomb images are refused by ``load_image_rgba``);
+1. load it (any mode; corrupt, empty or bomb images are refused by ``load_image_rgba``); an image
+   whose longer side exceeds ``MAX_WORKING_SIDE`` (2048 px) is box-filtered down to it while it
+   is decoded, before any full-resolution work, so matting and recentring run on at most
+   2048 x 2048 pixels (peak memory stays ~0.5 GB for the largest image the pixel limit admits);
+   images within 2048 px are processed exactly as before;
 2. background removal if it has no alpha: colour-key matting when the backdrop is plain, else
    rembg with a local model (``--rembg-model`` / ``DD3G_REMBG_MODEL``); an image with (almost)
    nothing in it is rejected;
@@ -10,10 +14,17 @@ Recipe, per input image:
 4. per noise draw: N from an explicit seed (``teacher.draw_noise``; ``--interpolate`` slerps
    between the N of two seeds), one PEPD forward;
 5. write ``<name>_s<seed>.ply`` (standard 3DGS layout), a turntable GIF and a views grid PNG.
+
+Output names never collide (:func:`claim_output_names`): ``<name>`` is the input's file stem,
+unless another input already owns that stem in the output folder (``a/x.png`` and ``b/x.png``,
+in one call or two), then ``<stem>-2``, ``<stem>-3``, ...; ``generate.json`` maps every name to
+its source image (``outputs``) and keeps every input's record across calls.
 """
 
 from __future__ import annotations
 
+import itertools
+import json
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -26,10 +37,23 @@ from torch import Tensor
 
 from .gaussians import Gaussians
 
-__all__ = ["prepare_image", "slerp", "Generator", "EmptyImageError", "MIN_COVERAGE"]
+__all__ = [
+    "prepare_image",
+    "slerp",
+    "Generator",
+    "EmptyImageError",
+    "MIN_COVERAGE",
+    "MAX_WORKING_SIDE",
+    "MAX_INPUT_RESOLUTION",
+    "claim_output_names",
+    "write_summary",
+]
 
 REMBG_ENV = "DD3G_REMBG_MODEL"
 MIN_COVERAGE = 0.002  # share of opaque pixels below which an image counts as empty
+MAX_WORKING_SIDE = 2048  # longer side (px) an input is reduced to before matting and recentring
+MAX_INPUT_RESOLUTION = 1024  # the largest recentred input size (``resolution`` / --input-resolution)
+SUMMARY_NAME = "generate.json"
 Matting = Literal["auto", "colorkey", "rembg", "none"]
 
 
@@ -43,24 +67,35 @@ def prepare_image(
     margin: float = 0.1,
     matting: Matting = "auto",
     rembg_model: str | None = None,
+    max_side: int = MAX_WORKING_SIDE,
 ) -> tuple[np.ndarray, dict]:  # uint8 [resolution, resolution, 4], record
-    """Steps 1-3 of the recipe: a centred, square, straight-alpha RGBA image and what was done."""
-    from .synthesis.image_io import load_image_rgba
+    """Steps 1-3 of the recipe: a centred, square, straight-alpha RGBA image and what was done.
+
+    An input whose longer side exceeds ``max_side`` is reduced to it first (``record["working_size"]``)."""
+    from .synthesis.image_io import downscale_rgba, load_image_rgba
     from .synthesis.matting import ColorKeyMatting, RembgMatting
     from .synthesis.postprocess import recentre
 
     if matting not in ("auto", "colorkey", "rembg", "none"):
         raise ValueError(f"matting must be auto, colorkey, rembg or none, got {matting!r}")
+    if isinstance(resolution, bool) or not isinstance(resolution, int | np.integer):
+        raise ValueError(f"resolution must be an integer in 1..{MAX_INPUT_RESOLUTION}, got {resolution!r}")
+    if not 1 <= resolution <= MAX_INPUT_RESOLUTION:
+        raise ValueError(f"resolution must be in 1..{MAX_INPUT_RESOLUTION}, got {resolution}")
     if isinstance(src, np.ndarray):
-        rgba, had_alpha = np.ascontiguousarray(src, dtype=np.uint8), src.shape[-1] == 4
-        if rgba.ndim != 3 or rgba.shape[-1] not in (3, 4):
+        if src.ndim != 3 or src.shape[-1] not in (3, 4):
             raise ValueError(f"image array must be [H, W, 3|4] uint8, got {src.shape}")
-        if not had_alpha:
-            rgba = np.concatenate([rgba, np.full(rgba.shape[:2] + (1,), 255, np.uint8)], -1)
+        had_alpha, source_size = src.shape[-1] == 4, list(src.shape[:2])
+        rgba = src if had_alpha else np.concatenate([src, np.full(src.shape[:2] + (1,), 255, np.uint8)], -1)
+        rgba = downscale_rgba(np.ascontiguousarray(rgba, dtype=np.uint8), max_side)
     else:
-        rgba, info = load_image_rgba(src, return_info=True)
-        had_alpha = info.had_alpha
-    record: dict = {"had_alpha": bool(had_alpha), "source_size": list(rgba.shape[:2])}
+        rgba, info = load_image_rgba(src, return_info=True, max_side=max_side)
+        had_alpha, source_size = info.had_alpha, list(rgba.shape[:2])
+        if info.full_size is not None:  # the upright full-resolution size, as before downscaling
+            source_size = [info.full_size[1], info.full_size[0]]
+    record: dict = {"had_alpha": bool(had_alpha), "source_size": source_size}
+    if list(rgba.shape[:2]) != source_size:
+        record["working_size"] = list(rgba.shape[:2])
     if had_alpha and (rgba[..., 3] < 255).any():
         record["matting"] = "input alpha"
     elif matting == "none":
@@ -179,9 +214,65 @@ def write_sample(
     return {k: str(v) for k, v in paths.items()}
 
 
-def write_summary(out_dir: Path, summary: dict) -> Path:
+def _summary_outputs(out_dir: Path) -> dict[str, dict]:
+    """Output name -> record of every input generated into ``out_dir`` (its ``generate.json``; a
+    summary written before names were claimed counts as its image's stem)."""
+    path = Path(out_dir) / SUMMARY_NAME
+    if not path.is_file():
+        return {}
+    try:
+        d = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise ValueError(
+            f"{path} is not a readable summary ({' '.join(str(e).split())}): it maps output names to their "
+            "images, so fix or move it, or choose another -o folder"
+        ) from None
+    if not isinstance(d, dict):
+        raise ValueError(f"{path} is not a generate.json summary (a JSON object): move it or choose another -o folder")
+    outputs = d.get("outputs")
+    if isinstance(outputs, dict):
+        return {str(k): v for k, v in outputs.items() if isinstance(v, dict)}
+    if isinstance(d.get("image"), str):
+        return {Path(d["image"]).stem: d}
+    return {}
+
+
+def _source(image: str | os.PathLike) -> str:
+    return str(Path(image).resolve())
+
+
+def claim_output_names(out_dir: str | os.PathLike, images: Sequence[str | os.PathLike]) -> list[str]:
+    """One output name per image, unique in ``out_dir`` (case-insensitively): the file stem, or
+    ``<stem>-2``, ``<stem>-3``, ... when another source image already owns it (by this call, by
+    ``generate.json``, or by existing ``<name>_input.png`` outputs of an unknown source). The same
+    source image (resolved path) keeps its name, so a rerun replaces its own outputs only."""
+    out_dir = Path(out_dir)
+    owners = {
+        name.casefold(): rec.get("source") or _source(rec.get("image", name))
+        for name, rec in _summary_outputs(out_dir).items()
+    }
+    names = []
+    for image in images:
+        source, stem = _source(image), Path(image).stem or "image"
+        for i in itertools.count(1):
+            name = stem if i == 1 else f"{stem}-{i}"
+            owner = owners.get(name.casefold())
+            if owner == source or (owner is None and not (out_dir / f"{name}_input.png").exists()):
+                break
+        owners[name.casefold()] = source
+        names.append(name)
+    return names
+
+
+def write_summary(out_dir: Path, summary: dict, name: str | None = None) -> Path:
+    """Record one input's run in ``out_dir/generate.json``: its record at the top level (as for a
+    single input) and under ``outputs[name]`` next to every earlier input's (nothing is dropped)."""
     from .io import atomic_write_json
 
-    path = out_dir / "generate.json"
-    atomic_write_json(path, summary)
+    name = name or Path(summary["image"]).stem
+    record = {"name": name, "source": _source(summary["image"]), **summary}
+    outputs = _summary_outputs(out_dir)
+    outputs[name] = record
+    path = Path(out_dir) / SUMMARY_NAME
+    atomic_write_json(path, {**record, "outputs": outputs})
     return path

@@ -12,7 +12,10 @@ import hashlib
 import json
 import os
 import shutil
+import socket
 import tempfile
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -55,9 +58,28 @@ def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
             tmp_path.unlink()
 
 
+_UMASK_LOCK = threading.Lock()
+
+
 def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
+    """The process umask, read without changing it.
+
+    ``os.umask`` can only be read by setting it: flipping it to 0 for a moment gives a file that
+    another thread creates in that moment mode 0666. Linux reports it in ``/proc/self/status``;
+    elsewhere a probe file created with mode 0777 shows it; the flip (under a lock, so at least
+    two of our own readers never race) is the last resort.
+    """
+    with contextlib.suppress(OSError, ValueError, IndexError), open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    with contextlib.suppress(OSError), tempfile.TemporaryDirectory(prefix=TMP_PREFIX + "umask.") as d:
+        probe = os.path.join(d, "probe")
+        os.close(os.open(probe, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o777))
+        return 0o777 & ~os.stat(probe).st_mode
+    with _UMASK_LOCK:
+        mask = os.umask(0o077)  # stricter, not 0: a concurrent file is too private rather than world-writable
+        os.umask(mask)
     return mask
 
 
@@ -154,3 +176,67 @@ def tree_sha256(root: str | os.PathLike, cache: str | os.PathLike | None = None)
             atomic_write_json(cache, fresh)
     blob = json.dumps(entries, separators=(",", ":")).encode()
     return {"sha256": hashlib.sha256(blob).hexdigest(), "files": len(entries), "bytes": total}
+
+
+# ------------------------------------------------------------------------------ run directory lock
+
+
+class LockedError(RuntimeError):
+    """Another live process holds a :func:`run_lock` (the message names its pid and host)."""
+
+
+_HELD: set[str] = set()  # lock files held by this process (POSIX locks never conflict within one)
+_HELD_GUARD = threading.Lock()
+
+
+@contextlib.contextmanager
+def run_lock(path: str | os.PathLike, what: str = "run directory") -> Iterator[Path]:
+    """Hold an exclusive advisory lock on ``path`` (a lock file) for the ``with`` block, or raise
+    :class:`LockedError` naming the owner's pid and host.
+
+    A POSIX record lock (``fcntl.lockf``), not ``flock``: the kernel drops it when its process dies,
+    so the lock of a killed run never blocks the next one, and forked children (DataLoader workers)
+    do not inherit it, so a dead trainer's lingering worker cannot hold the run hostage. The file
+    itself stays, holding the last owner's ``{"pid", "host", "since"}`` for the message.
+    """
+    import fcntl
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    key = str(path.resolve())
+    with _HELD_GUARD:
+        if key in _HELD:
+            raise LockedError(
+                f"{path.parent}: this process (pid {os.getpid()}) already holds the {what} lock {path.name}; "
+                "one run per directory"
+            )
+        _HELD.add(key)
+    fd = -1
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:  # EAGAIN / EACCES: a live process holds it
+            owner = _lock_owner(fd)
+            raise LockedError(
+                f"{path.parent}: another dd3g process (pid {owner.get('pid', '?')} on {owner.get('host', '?')}, "
+                f"since {owner.get('since', '?')}) is writing this {what}; wait for it to finish or use another "
+                "directory"
+            ) from None
+        os.ftruncate(fd, 0)
+        owner = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        os.pwrite(fd, (json.dumps(owner) + "\n").encode(), 0)
+        yield path
+    finally:
+        if fd >= 0:
+            os.close(fd)  # releases the lock (closing any fd of the file would: nothing else opens it)
+        with _HELD_GUARD:
+            _HELD.discard(key)
+
+
+def _lock_owner(fd: int) -> dict:
+    with contextlib.suppress(OSError, ValueError):
+        owner = json.loads(os.pread(fd, 4096, 0) or b"{}")
+        if isinstance(owner, dict):
+            return owner
+    return {}

@@ -13,7 +13,9 @@ A profile is the settings of the whole recipe for one kind of machine:
 
 Each :class:`Profile` holds one settings object per stage: ``rgba`` (:class:`RGBASynthesisConfig`),
 ``trajectories`` (:class:`TrajectoryCacheConfig`), ``teacher`` (:class:`TeacherSettings`),
-``distill`` (:class:`DistillConfig`) and ``evaluation`` (:class:`EvaluationSettings`). The Dagster
+``distill`` (:class:`DistillConfig`) and ``evaluation`` (:class:`EvaluationSettings`), plus ``limits``
+(:class:`StageLimits`: how many rejects a shard partition may have before it fails; no stage version
+depends on them). The Dagster
 pipeline reads it once (``pipelines.resources``); ``python -m dd3g_core.distill.train --preset NAME``
 takes the profile's ``distill`` settings.
 
@@ -26,7 +28,8 @@ sizes, or the small full profile the tests run on CPU::
      "trajectories": {"batch_size": 16},
      "teacher": {"path": "/models/imagedream-ipmv-diffusers"},
      "distill": {"steps": 20000, "model_overrides": {"depth": 8}},
-     "evaluation": {"heldout_objects": 32}}
+     "evaluation": {"heldout_objects": 32},
+     "limits": {"rgba_max_reject_share": 0.7}}
 """
 
 from __future__ import annotations
@@ -48,6 +51,7 @@ __all__ = [
     "Profile",
     "TeacherSettings",
     "EvaluationSettings",
+    "StageLimits",
     "PROFILES",
     "PROFILE_ENV",
     "TEACHER_PATH_ENV",
@@ -58,6 +62,7 @@ __all__ = [
 PROFILE_ENV = "DD3G_PROFILE"
 TEACHER_PATH_ENV = "DD3G_TEACHER_PATH"
 STAGES = ("rgba", "trajectories", "teacher", "distill", "evaluation")
+SECTIONS = (*STAGES, "limits")  # what a profile (file) sets
 
 
 @dataclass(frozen=True)
@@ -102,6 +107,32 @@ class EvaluationSettings:
 
 
 @dataclass(frozen=True)
+class StageLimits:
+    """How much of a shard partition may be rejected before the partition fails.
+
+    ``<stage>_max_reject_share``: the largest share of a partition's attempted samples that may be
+    rejected (filters, undecodable inputs, bad keys, non-finite teacher outputs). Above it, or with no
+    sample accepted at all, the partition fails with the counts and the most common reasons and is not
+    published (``dd3g_core.shards.rules.RejectShareError``), so a broken stage never passes as an
+    empty or thin success and is never a cache hit. Not part of any stage version: changing a limit
+    changes no output, only what is accepted. SDXL + matting rejects are normal (0.5); the trajectory
+    cache only rejects broken inputs or teacher outputs (0.1).
+    """
+
+    rgba_max_reject_share: float = 0.5
+    trajectories_max_reject_share: float = 0.1
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
+                raise ValueError(f"limits.{f.name} must be a share in [0, 1], got {value!r}")
+
+    def to_dict(self) -> dict[str, float]:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
 class Profile:
     name: str
     description: str
@@ -110,6 +141,7 @@ class Profile:
     teacher: TeacherSettings
     distill: DistillConfig
     evaluation: EvaluationSettings = field(default_factory=EvaluationSettings)
+    limits: StageLimits = field(default_factory=StageLimits)
 
     @property
     def num_shards(self) -> int:
@@ -122,7 +154,7 @@ class Profile:
     def to_dict(self) -> dict[str, Any]:
         """JSON-able, for run metadata and reports."""
         out = {"name": self.name}
-        for stage in STAGES:
+        for stage in SECTIONS:
             value = getattr(self, stage)
             out[stage] = value.to_dict() if hasattr(value, "to_dict") else dataclasses.asdict(value)
         return json.loads(json.dumps(out, default=str))
@@ -241,14 +273,14 @@ def _changed(stage: str, base: Any, changes: Mapping[str, Any]) -> Any:
 
 def profile_from_dict(d: Mapping[str, Any], name: str | None = None) -> Profile:
     """``{"base": NAME, "<stage>": {field: value, ...}, ...}`` -> the base profile with those changes."""
-    unknown = sorted(set(d) - {"base", "description", *STAGES})
+    unknown = sorted(set(d) - {"base", "description", *SECTIONS})
     if unknown:
-        raise ValueError(f"profile file: unknown keys {unknown}; expected 'base' and any of {list(STAGES)}")
+        raise ValueError(f"profile file: unknown keys {unknown}; expected 'base' and any of {list(SECTIONS)}")
     base_name = d.get("base")
     if base_name not in PROFILES:
         raise ValueError(f"profile file: 'base' must name one of {profile_names()}, got {base_name!r}")
     profile = PROFILES[base_name]
-    changes = {stage: _changed(stage, getattr(profile, stage), d[stage]) for stage in STAGES if stage in d}
+    changes = {stage: _changed(stage, getattr(profile, stage), d[stage]) for stage in SECTIONS if stage in d}
     return dataclasses.replace(
         profile, name=name or base_name, description=d.get("description", profile.description), **changes
     )

@@ -8,8 +8,10 @@ A checkpoint that does not match the architecture must fail loudly and say *what
 from __future__ import annotations
 
 import ast
+import contextlib
 import hashlib
-from collections.abc import Mapping, Sequence
+import json
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 import torch
@@ -23,6 +25,10 @@ __all__ = [
     "load_unet_state_dict",
     "read_state_dict_listing",
     "load_weights_file",
+    "read_weights_file",
+    "read_json_config",
+    "config_errors",
+    "WeightsFileError",
     "state_dict_digest",
 ]
 
@@ -103,16 +109,78 @@ def read_state_dict_listing(path: str | Path) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
-def load_weights_file(model: nn.Module, path: str | Path, error: type[Exception] = ValueError) -> nn.Module:
-    """Fill ``model`` (typically built on the meta device) from a safetensors file, strictly:
-    any missing, unexpected or wrongly-shaped key raises ``error`` listing the first differences."""
+class WeightsFileError(ValueError):
+    """A weights file cannot be read: missing, truncated, not safetensors, or holding non-float weights."""
+
+
+def read_weights_file(path: str | Path) -> dict[str, Tensor]:
+    """All tensors of a safetensors file on the CPU; :class:`WeightsFileError` naming the file when
+    it is missing, empty, truncated or not a safetensors file at all (safetensors' own errors
+    neither name the file nor are ValueErrors)."""
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    sd = load_file(str(path), device="cpu")
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsFileError(f"weights file {path} does not exist")
+    if path.stat().st_size == 0:
+        raise WeightsFileError(f"weights file {path} is empty (0 bytes): re-export or re-download it")
+    try:
+        return load_file(str(path), device="cpu")
+    except (SafetensorError, OverflowError, ValueError, RuntimeError) as e:
+        raise WeightsFileError(
+            f"weights file {path} is not a readable safetensors file ({' '.join(str(e).split())}): "
+            "it is truncated, corrupt or of another format; re-export or re-download it"
+        ) from None
+
+
+def read_json_config(path: str | Path) -> dict:
+    """The JSON object in a model folder's config file; :class:`WeightsFileError` naming the file
+    when it is missing, not UTF-8 JSON, or not an object."""
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsFileError(f"config file {path} does not exist")
+    try:
+        d = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as e:  # JSONDecodeError, UnicodeDecodeError
+        raise WeightsFileError(
+            f"config file {path} is not valid JSON ({' '.join(str(e).split())}): re-export or re-download it"
+        ) from None
+    if not isinstance(d, dict):
+        raise WeightsFileError(f"config file {path} must hold a JSON object, got {type(d).__name__}")
+    return d
+
+
+@contextlib.contextmanager
+def config_errors(path: str | Path, what: str) -> Iterator[None]:
+    """Turn the errors of building ``what`` from the config file ``path`` (a wrong key, type or
+    value: ``TypeError``, ``KeyError``, ``ValueError``, a torch ``RuntimeError`` for impossible sizes)
+    into one :class:`WeightsFileError` naming the file."""
+    try:
+        yield
+    except (TypeError, KeyError, ValueError, AttributeError, IndexError, RuntimeError) as e:
+        detail = " ".join(str(e).split()) or type(e).__name__
+        if isinstance(e, KeyError):
+            detail = f"missing key {e}"
+        raise WeightsFileError(f"config file {path} is not a valid {what} config: {detail}") from None
+
+
+def load_weights_file(model: nn.Module, path: str | Path, error: type[Exception] = ValueError) -> nn.Module:
+    """Fill ``model`` (typically built on the meta device) from a safetensors file, strictly:
+    an unreadable file raises :class:`WeightsFileError`; any missing, unexpected or wrongly-shaped
+    key, or a non-float tensor where the model has a float one, raises ``error`` listing the first
+    differences. Float tensors of another precision are cast to the model's (a float32 file, the
+    format every dd3g model is saved in, loads bit for bit)."""
+    sd = read_weights_file(path)
     try:
         check_state_dict(model, sd)
     except ValueError as e:
         raise error(f"{path} does not match the model's config: {e}") from None
+    own = model.state_dict()
+    wrong = [k for k, v in sd.items() if own[k].is_floating_point() and not v.is_floating_point()]
+    if wrong:
+        raise error(f"{path} does not match the model's config: non-float tensors for float weights {wrong[:10]}")
+    sd = {k: v.to(own[k].dtype) if v.is_floating_point() and own[k].is_floating_point() else v for k, v in sd.items()}
     model.load_state_dict(sd, strict=True, assign=True)
     return model
 

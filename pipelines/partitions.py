@@ -14,6 +14,7 @@ import dagster as dg
 
 from dd3g_core.io import stable_hash
 from dd3g_core.profiles import get_profile
+from dd3g_core.shards.rules import RejectShareError
 
 __all__ = [
     "SHARD_PARTITIONS",
@@ -22,6 +23,7 @@ __all__ = [
     "shard_asset",
     "shard_indices",
     "run_data_version",
+    "PartitionFailures",
 ]
 
 
@@ -59,6 +61,27 @@ def shard_indices(context: dg.AssetExecutionContext, num_shards: int) -> list[tu
             )
         out.append((key, index))
     return out
+
+
+class PartitionFailures:
+    """The partitions of a run that failed their stage's reject limit (``RejectShareError``): each is
+    recorded and the loop goes on (partitions are independent, each is published or not on its own);
+    :meth:`raise_if_any` then fails the step with one message, one line per failed partition."""
+
+    def __init__(self, asset: str):
+        self.asset, self.errors = asset, {}
+
+    def add(self, key: str, error: Exception) -> None:
+        self.errors[key] = error
+
+    def raise_if_any(self, done: int) -> None:
+        if not self.errors:
+            return
+        lines = "\n".join(f"- {e}" for e in self.errors.values())
+        others = f"; the {done} other partition(s) of this run are published and will be reused" if done else ""
+        raise RejectShareError(
+            f"{self.asset}: {len(self.errors)} partition(s) failed ({', '.join(self.errors)}){others}:\n{lines}"
+        )
 
 
 def run_data_version(hashes: dict[str, str]) -> dg.DataVersion:

@@ -28,6 +28,15 @@ class DD3GSettings(dg.ConfigurableResource):
     profile: str = os.environ.get(PROFILE_ENV, "tiny")
     teacher_path: str = os.environ.get(TEACHER_PATH_ENV, "")
 
+    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        """Every step uses this resource: in a step process of the multiprocess executor it starts the
+        watchdog that stops the step, and what it launched, if the run's coordinator dies
+        (:mod:`pipelines.orphans`)."""
+        from .orphans import start_orphan_watchdog
+
+        run = context.run
+        start_orphan_watchdog(context.instance, run.run_id if run is not None else None)
+
     def profile_config(self) -> Profile:
         return get_profile(self.profile)
 

@@ -111,7 +111,7 @@ def test_pickle_fields_refused_on_write_and_read(tmp_path):
 
 
 def test_bad_keys_rejected(tmp_path):
-    with pytest.raises(ValueError, match="keys"):
+    with pytest.raises(ValueError, match="sample key 'a.b' contains '.'"):
         write_shards([{"__key__": "a.b", "json": {}}], tmp_path / "k")
     with pytest.raises(ValueError, match="duplicate"):
         write_shards([{"__key__": "a", "json": {}}, {"__key__": "a", "json": {}}], tmp_path / "k")

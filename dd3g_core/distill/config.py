@@ -4,16 +4,22 @@ A run is fully described by a profile's ``distill`` settings (``--preset tiny|sm
 ``dd3g_core.profiles``) or a JSON config file (which may name a ``preset`` to start from), plus ``--set
 key=value`` overrides; the resolved config is stored in every checkpoint (``trainer_state.json``)
 so a run describes itself and ``--resume`` refuses to continue a run with another config.
+
+Every field is checked against its annotation when a config is made (``check_field_types``), and
+``model_overrides`` against ``PEPDConfig``'s fields, so a bad value from a file, a profile or a
+``--set`` is a ``ValueError`` naming the field and what it accepts (``--set steps=abc`` ->
+``--set steps=abc: DistillConfig.steps must be an integer, got 'abc'``), never a later crash.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Any, Literal, get_args, get_origin
 
 __all__ = ["DistillConfig", "load_config", "apply_overrides", "preset_config"]
 
@@ -68,9 +74,20 @@ class DistillConfig:
     torch_threads: int = 0  # CPU threads per process (0: leave torch's default)
 
     def __post_init__(self) -> None:
+        from ..model.config import PEPDConfig, check_field_types, check_value, field_types
+
         for name, lit in (("mixed_precision", MixedPrecision), ("init", Init)):
             if getattr(self, name) not in get_args(lit):
-                raise ValueError(f"{name} must be one of {get_args(lit)}, got {getattr(self, name)!r}")
+                raise ValueError(f"DistillConfig.{name} must be one of {get_args(lit)}, got {getattr(self, name)!r}")
+        check_field_types(self)
+        model_fields = field_types(PEPDConfig)
+        for key, value in self.model_overrides.items():
+            if key not in model_fields:
+                raise ValueError(
+                    f"DistillConfig.model_overrides has an unknown PEPDConfig key {key!r}; known keys: "
+                    f"{sorted(model_fields)}"
+                )
+            check_value(model_fields[key], value, f"DistillConfig.model_overrides.{key}")
         for name in (
             "steps",
             "batch_size",
@@ -82,13 +99,20 @@ class DistillConfig:
             "max_bad_steps",
         ):
             if int(getattr(self, name)) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+                raise ValueError(f"DistillConfig.{name} must be >= 1, got {getattr(self, name)}")
         for name in ("implicit_ramp", "implicit_t_range", "implicit_azimuth_range", "implicit_elevation_range"):
             object.__setattr__(self, name, tuple(getattr(self, name)))
         if self.implicit_ramp[0] > self.implicit_ramp[1]:
-            raise ValueError(f"implicit_ramp must be (start, end) with start <= end, got {self.implicit_ramp}")
-        if self.lr <= 0 or not 0 <= self.ema_decay < 1:
-            raise ValueError("need lr > 0 and 0 <= ema_decay < 1")
+            raise ValueError(
+                f"DistillConfig.implicit_ramp must be [start, end] with start <= end, got {list(self.implicit_ramp)}"
+            )
+        if self.lr <= 0:
+            raise ValueError(f"DistillConfig.lr must be > 0, got {self.lr}")
+        if not 0 <= self.ema_decay < 1:
+            raise ValueError(f"DistillConfig.ema_decay must be in [0, 1), got {self.ema_decay}")
+        for name in ("warmup_steps", "num_workers", "shuffle_buffer", "torch_threads"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"DistillConfig.{name} must be >= 0, got {getattr(self, name)}")
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -96,6 +120,8 @@ class DistillConfig:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> DistillConfig:
+        if not isinstance(d, Mapping):
+            raise ValueError(f"a DistillConfig must be a JSON object of fields, got {type(d).__name__}")
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - known - {"preset", "_comment"})
         if unknown:
@@ -119,28 +145,66 @@ def preset_config(name: str) -> DistillConfig:
     return get_profile(name).distill
 
 
-def _parse_value(text: str) -> Any:
+def _text_field(hint: Any) -> bool:
+    """A field whose ``--set`` value is taken as written (a string, a path, a choice of names)."""
+    args = [a for a in get_args(hint) if a is not type(None)]
+    if hint is str or (args and all(a is str for a in args)):
+        return True
+    return get_origin(hint) is Literal and all(isinstance(a, str) for a in get_args(hint))
+
+
+def _parse_value(text: str, hint: Any, label: str) -> Any:
+    """A ``--set`` value: as written for text fields (``null`` for None where allowed), else JSON."""
+    from ..model.config import describe_type
+
+    if _text_field(hint):
+        return None if text == "null" and type(None) in get_args(hint) else text
     try:
         return json.loads(text)
     except json.JSONDecodeError:
-        return text  # bare strings: --set out=/runs/a
+        if hint is Any:
+            return text  # bare strings: --set out=/runs/a
+        note = " (not valid JSON)" if text.strip()[:1] in ("[", "{", '"') else ""
+        raise ValueError(f"{label} must be {describe_type(hint)}, got {text!r}{note}") from None
 
 
 def apply_overrides(config: DistillConfig, overrides: list[str]) -> DistillConfig:
-    """``["steps=100", "implicit_ramp=[0,50]", "model_overrides.depth=2"]`` -> a new config."""
+    """``["steps=100", "implicit_ramp=[0,50]", "model_overrides.depth=2"]`` -> a new config.
+
+    Every error is a ``ValueError`` naming the ``--set`` item, the field and what it accepts, e.g.
+    ``--set steps=abc: DistillConfig.steps must be an integer, got 'abc'``."""
+    from ..model.config import PEPDConfig, field_types
+
+    hints, model_hints = field_types(DistillConfig), field_types(PEPDConfig)
     changes: dict[str, Any] = {}
     model_over = dict(config.model_overrides)
     for item in overrides:
         if "=" not in item:
             raise ValueError(f"--set expects key=value, got {item!r}")
         key, value = item.split("=", 1)
-        if key.startswith("model_overrides."):
-            model_over[key.split(".", 1)[1]] = _parse_value(value)
-        else:
-            changes[key] = _parse_value(value)
+        key = key.strip()
+        try:
+            if key.startswith("model_overrides."):
+                sub = key.split(".", 1)[1]
+                if sub not in model_hints:
+                    raise ValueError(
+                        f"unknown PEPDConfig key {sub!r} in model_overrides; known keys: {sorted(model_hints)}"
+                    )
+                model_over[sub] = _parse_value(value, model_hints[sub], f"DistillConfig.{key}")
+            elif key not in hints:
+                raise ValueError(f"unknown DistillConfig keys [{key!r}]; known keys: {sorted(hints)}")
+            else:
+                changes[key] = _parse_value(value, hints[key], f"DistillConfig.{key}")
+        except ValueError as e:
+            raise ValueError(f"--set {item}: {e}") from None
     if model_over != dict(config.model_overrides):
         changes["model_overrides"] = model_over
-    return DistillConfig.from_dict({**config.to_dict(), **changes})
+    try:
+        return DistillConfig.from_dict({**config.to_dict(), **changes})
+    except (ValueError, TypeError) as e:
+        message = " ".join(str(e).split())
+        named = [o for o in overrides if re.search(rf"\b{re.escape(o.split('=', 1)[0].strip())}\b", message)]
+        raise ValueError(f"--set {(named or overrides)[0]}: {message}") from None
 
 
 def load_config(
@@ -154,7 +218,14 @@ def load_config(
                 f"config file {p} does not exist (a JSON object of DistillConfig fields, optionally "
                 f'naming a "preset": tiny, smoke or full)'
             )
-        cfg = DistillConfig.from_dict(json.loads(p.read_text()))
+        try:
+            d = json.loads(p.read_text(encoding="utf-8"))
+        except ValueError as e:  # JSONDecodeError, UnicodeDecodeError
+            raise ValueError(f"config file {p} is not valid JSON ({' '.join(str(e).split())})") from None
+        try:
+            cfg = DistillConfig.from_dict(d)
+        except (ValueError, TypeError) as e:
+            raise ValueError(f"config file {p}: {' '.join(str(e).split())}") from None
     else:
         cfg = preset_config(preset or "tiny")
     return apply_overrides(cfg, list(overrides or []))

@@ -8,10 +8,16 @@ Reads top to bottom:
 1. config + Accelerator (gradient accumulation, mixed precision, per-rank seeding);
 2. the frozen teacher (condition encoder, verifier) and PEPD (phase 1 from the teacher's U-Net);
 3. optimizer (AdamW, phase 1 at ``phase1_lr_scale``), cosine LR with warm-up, EMA; ``prepare``;
-4. resume from the latest complete checkpoint of ``out`` (a killed run loses at most one interval);
+4. resume from the newest checkpoint of ``out`` that loads (a killed run loses at most one interval;
+   a damaged newest one is set aside, saying so: ``checkpoint.resume``);
 5. the loop: explicit supervision on the cached (N, C, II) -> OI, ramped implicit verification at
    rotated cameras, non-finite steps refused with their batch keys, EMA, logs, checkpoints;
 6. ``<out>/pepd/``: ``save_pretrained`` of the EMA weights (+ ``model_raw.safetensors``).
+
+One run per ``out`` (a lock on ``<out>/.lock``) and no orphans (a trainer whose launching process dies
+stops): ``lifecycle``. Samples that do not match the trajectory schema (``SampleSpec``) are skipped and
+recorded in ``<out>/skipped_rank<r>.jsonl``; data of which nothing is readable stops the run with one
+message (``dd3g_core.shards.health``).
 
 A ``reporter`` (rank 0 only) receives log lines and the final materialization: loss curve,
 checkpoint path, parameter counts. The ``pepd_student`` asset launches ``pipelines.pipes_train``,
@@ -21,7 +27,6 @@ which passes one that speaks Dagster Pipes; this library never imports Dagster.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import math
 import sys
@@ -31,12 +36,13 @@ from typing import Any, Protocol
 
 import torch
 
-from ..io import atomic_write_json
 from ..model import PEPD, PEPDConfig
 from ..render import render
-from ..trajectories.sample import to_batch
-from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from ..trajectories.sample import SampleSpec, recorded_steps, to_batch
+from .checkpoint import resume, save_checkpoint
 from .config import DistillConfig, load_config
+from .export import export
+from .lifecycle import check_parent, exit_with_parent, run_directory_lock
 from .losses import (
     NonFiniteLossError,
     alpha_from_background,
@@ -160,17 +166,14 @@ def _param_groups(model: PEPD, cfg: DistillConfig) -> list[dict]:
 
 def train(cfg: DistillConfig, reporter: Reporter | None = None) -> dict[str, Any]:
     from accelerate import Accelerator
-    from accelerate.utils import set_seed
-    from diffusers.training_utils import EMAModel
 
-    from ..shards.reader import make_train_loader, read_skip_log
-    from ..teacher.loading import load_teacher
+    from ..shards.reader import resolve_shard_urls
 
     if not cfg.trajectories or not cfg.out:
         raise ValueError("config needs `trajectories` (teacher_trajectories dir) and `out` (run dir)")
+    resolve_shard_urls(cfg.trajectories, validate=False)  # a missing / non-tar path fails now, not in a worker
     if cfg.torch_threads:
         torch.set_num_threads(cfg.torch_threads)
-    out = Path(cfg.out)
     # 1. Accelerator and per-rank seeding (seed + rank for model-side randomness)
     # cpu=True on a CUDA-less machine: with LOCAL_RANK set (`accelerate launch --multi_gpu`) Accelerate
     # then initialises gloo (MULTI_CPU); without it every rank would train alone.
@@ -179,6 +182,18 @@ def train(cfg: DistillConfig, reporter: Reporter | None = None) -> dict[str, Any
         mixed_precision=cfg.mixed_precision,
         cpu=not torch.cuda.is_available(),
     )
+    with run_directory_lock(accelerator, cfg.out):  # before anything is read or written in `out`
+        return _train(accelerator, cfg, reporter)
+
+
+def _train(accelerator, cfg: DistillConfig, reporter: Reporter | None) -> dict[str, Any]:
+    from accelerate.utils import set_seed
+    from diffusers.training_utils import EMAModel
+
+    from ..shards.reader import make_train_loader, shard_set_manifests
+    from ..teacher.loading import load_teacher
+
+    out = Path(cfg.out)
     set_seed(cfg.seed, device_specific=True)
     rank, world = accelerator.process_index, accelerator.num_processes
     reporter = reporter if (reporter is not None and accelerator.is_main_process) else _NoReporter()
@@ -206,9 +221,14 @@ def train(cfg: DistillConfig, reporter: Reporter | None = None) -> dict[str, Any
         "world_size": world,
     }
     step = 0
-    ckpt = latest_checkpoint(out)
-    if ckpt is not None:
-        prev = load_checkpoint(accelerator, model, ema, ckpt, identity=cfg.identity())
+
+    def say(message: str) -> None:
+        accelerator.print(message)
+        reporter.log(message)
+
+    resumed = resume(accelerator, model, ema, out, cfg.identity(), say)
+    if resumed is not None:
+        ckpt, prev = resumed
         step = int(prev["step"])
         record["history"], record["bad_steps"] = prev.get("history", []), prev.get("bad_steps", [])
         accelerator.print(f"resumed from {ckpt} at step {step}")
@@ -225,6 +245,8 @@ def train(cfg: DistillConfig, reporter: Reporter | None = None) -> dict[str, Any
         decode="rgba8",
         drop_last=True,
         skip_log=out / f"skipped_rank{rank}.jsonl",
+        # a sample off the schema (shape, missing field, non-finite) is skipped and recorded, never batched
+        validate_sample=SampleSpec.for_teacher(teacher, recorded_steps(shard_set_manifests(cfg.trajectories))).problems,
     )
     generator = torch.Generator().manual_seed(cfg.seed * 1_000_003 + rank * 10_007 + step)
     # 5. the loop
@@ -233,12 +255,16 @@ def train(cfg: DistillConfig, reporter: Reporter | None = None) -> dict[str, Any
     bar = tqdm(total=cfg.steps, initial=step, disable=not accelerator.is_local_main_process, desc="distill")
     model.train()
     micro, consecutive_bad, t_last, window = 0, 0, time.perf_counter(), []
-    data = iter(loader)
+    data, batches_this_epoch = iter(loader), 0
     while step < cfg.steps:
+        check_parent()  # an orphaned trainer stops here, between steps: no half-written checkpoint
         try:
             raw = next(data)
+            batches_this_epoch += 1
         except StopIteration:
-            data = iter(loader)
+            if not batches_this_epoch:  # a new epoch would read the same nothing again
+                raise RuntimeError(f"{cfg.trajectories}: an epoch of the reader gave no batch; no progress") from None
+            data, batches_this_epoch = iter(loader), 0
             continue
         b = to_batch(raw, accelerator.device)
         with accelerator.accumulate(model):
@@ -293,56 +319,9 @@ def train(cfg: DistillConfig, reporter: Reporter | None = None) -> dict[str, Any
     bar.close()
     # 6. export the EMA weights (what `dd3g generate` loads) + the raw weights
     accelerator.wait_for_everyone()
-    result = _export(accelerator, model, ema, cfg, out, record, step, read_skip_log)
+    result = export(accelerator, model, ema, cfg, out, record, step)
     if "metadata" in result:  # rank 0 only
         reporter.materialize(result["metadata"], result["data_version"])
-    return result
-
-
-def _export(accelerator, model, ema, cfg, out: Path, record, step, read_skip_log) -> dict[str, Any]:
-    from ..io import sha256_file
-    from ..weights import state_dict_digest
-    from .checkpoint import ema_state_dict
-
-    unwrapped = accelerator.unwrap_model(model)
-    digest = state_dict_digest([unwrapped])  # ranks compare these: DDP must keep them identical
-    atomic_write_json(
-        out / f"param_digest_rank{accelerator.process_index}.json",
-        {"step": step, "digest": digest, "world_size": accelerator.num_processes},
-    )
-    result: dict[str, Any] = {"step": step, "out": str(out), "pepd": str(out / "pepd")}
-    if accelerator.is_main_process:
-        from safetensors.torch import save_file
-
-        raw_sd = {k: v.detach().cpu().contiguous() for k, v in unwrapped.state_dict().items()}
-        extra = {
-            "teacher": cfg.teacher or "tiny (assets/models/tiny-teacher)",
-            "train_step": step,
-            "distill_config": cfg.to_dict(),
-        }
-        unwrapped.save_pretrained(out / "pepd", state_dict={**raw_sd, **ema_state_dict(unwrapped, ema)}, extra=extra)
-        save_file(raw_sd, str(out / "pepd" / "model_raw.safetensors"))
-        weights_sha = sha256_file(out / "pepd" / "model.safetensors")
-        skipped = sum(len(read_skip_log(p)) for p in out.glob("skipped_rank*.jsonl"))
-        hist = record["history"]
-        result.update(
-            {
-                "data_version": weights_sha[:16],
-                "metadata": {
-                    "checkpoint": str(out / "pepd"),
-                    "step": step,
-                    "world_size": accelerator.num_processes,
-                    "final_loss": hist[-1]["total"] if hist else math.nan,
-                    "final_rgb_mse": hist[-1]["exp_rgb"] if hist else math.nan,
-                    "loss_curve": [[h["step"], h["total"]] for h in hist],
-                    "parameters": unwrapped.num_parameters(),
-                    "bad_steps": len(record["bad_steps"]),
-                    "skipped_samples": skipped,
-                    "weights_sha256": weights_sha,
-                },
-            }
-        )
-        atomic_write_json(out / "result.json", result)
     return result
 
 
@@ -355,12 +334,14 @@ def main(argv: list[str] | None = None, reporter: Reporter | None = None) -> int
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field")
     args = p.parse_args(argv)
     cfg = load_config(args.config, args.preset, args.set)
+    exit_with_parent()  # under Dagster Pipes (or DD3G_EXIT_WITH_PARENT=1) a trainer whose launcher dies stops too
     result = train(cfg, reporter)
     if "metadata" in result:
         print(json.dumps({k: v for k, v in result["metadata"].items() if k != "loss_curve"}))
     return 0
 
 
-if __name__ == "__main__":
-    with contextlib.suppress(KeyboardInterrupt):
-        sys.exit(main())
+if __name__ == "__main__":  # bad input: one line and exit 2; a bug: one line naming its crash log, exit 1
+    from ..cli.errors import run_guarded
+
+    sys.exit(run_guarded(main, "dd3g distill"))

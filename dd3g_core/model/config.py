@@ -24,17 +24,141 @@ Presets: ``"tiny"`` (the CPU profile; the tiny teacher's U-Net, 4096 Gaussians) 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
+import math
+import os
+import types
+import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from ..teacher.config import MultiViewUNetConfig
 
-__all__ = ["PEPDConfig", "PRESETS"]
+__all__ = ["PEPDConfig", "PRESETS", "check_field_types", "check_value", "describe_type", "field_types"]
 
 FORMAT = "dd3g-pepd"
 FORMAT_VERSION = 1
+
+
+# ------------------------------------------------------------------ field type checks (every config dataclass)
+
+
+@functools.cache
+def field_types(cls: type) -> dict[str, Any]:
+    """``{field: resolved annotation}`` of a dataclass (string annotations evaluated once)."""
+    return typing.get_type_hints(cls)
+
+
+def describe_type(hint: Any) -> str:
+    """What an annotation accepts, in words (for error messages)."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is bool:
+        return "true or false"
+    if hint is int:
+        return "an integer"
+    if hint is float:
+        return "a number"
+    if hint is str:
+        return "a string"
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in args)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join("null" if a is type(None) else describe_type(a) for a in args)
+    if origin is tuple and len(args) == 2 and args[1] is Ellipsis:
+        return f"a list of {describe_type(args[0]).split(' ', 1)[1]}s"
+    if origin is tuple and args:
+        return f"a list of {len(args)} " + (
+            f"{describe_type(args[0]).split(' ', 1)[1]}s" if len(set(args)) == 1 else "values"
+        )
+    if origin in (Mapping, dict) or hint is Mapping:
+        return "a JSON object"
+    if dataclasses.is_dataclass(hint):
+        return f"a {hint.__name__} (a JSON object of its fields)"
+    return getattr(hint, "__name__", str(hint))
+
+
+def check_value(hint: Any, value: Any, label: str) -> Any:
+    """``value`` checked against the annotation ``hint`` (int, float, str, bool, ``X | None``,
+    ``Literal``, fixed-size ``tuple``, ``Mapping``, dataclasses given as a mapping); returns it
+    normalised (an int for a float field -> float, a list for a tuple field -> tuple, a path for a
+    str field -> str). Raises ``ValueError``: ``<label> must be <what>, got <value>``."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+
+    def bad() -> ValueError:
+        return ValueError(f"{label} must be {describe_type(hint)}, got {value!r}")
+
+    if hint is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return check_value(a, value, label)
+            except ValueError:
+                pass
+        raise bad()
+    if origin is Literal:
+        if value not in args or isinstance(value, bool) != any(isinstance(a, bool) for a in args):
+            raise bad()
+        return value
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise bad()
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise bad()
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value):
+            raise bad()
+        return float(value)
+    if hint is str:
+        if isinstance(value, os.PathLike):
+            return os.fspath(value)
+        if not isinstance(value, str):
+            raise bad()
+        return value
+    if origin is tuple and args and args[-1] is not Ellipsis:
+        if isinstance(value, str | bytes) or not isinstance(value, list | tuple) or len(value) != len(args):
+            raise bad()
+        try:
+            return tuple(check_value(a, v, label) for a, v in zip(args, value))
+        except ValueError:
+            raise bad() from None
+    if origin is tuple and len(args) == 2 and args[1] is Ellipsis:
+        if isinstance(value, str | bytes) or not isinstance(value, list | tuple):
+            raise bad()
+        try:
+            return tuple(check_value(args[0], v, label) for v in value)
+        except ValueError:
+            raise bad() from None
+    if origin in (Mapping, dict) or hint in (Mapping, dict):
+        if not isinstance(value, Mapping):
+            raise bad()
+        return value
+    if dataclasses.is_dataclass(hint):
+        if not isinstance(value, hint | Mapping):
+            raise bad()
+        return value
+    return value  # an annotation this checker does not know: left to the class's own checks
+
+
+def check_field_types(obj: Any, normalise: bool = True) -> None:
+    """Check every field of a (frozen) dataclass against its annotation, so a wrong type is refused
+    with the field's name instead of failing later; ``normalise``: store :func:`check_value`'s
+    normalised values (an int given for a float field becomes a float, ...)."""
+    name = type(obj).__name__
+    for f, hint in field_types(type(obj)).items():
+        value = getattr(obj, f)
+        checked = check_value(hint, value, f"{name}.{f}")
+        if normalise and checked is not value:
+            object.__setattr__(obj, f, checked)
 
 
 @dataclass(frozen=True)
@@ -66,8 +190,13 @@ class PEPDConfig:
     init_opacity: float = 0.1
 
     def __post_init__(self) -> None:
-        if isinstance(self.unet, Mapping):
-            object.__setattr__(self, "unet", MultiViewUNetConfig.from_dict(self.unet))
+        check_field_types(self)
+        try:
+            if isinstance(self.unet, Mapping):
+                object.__setattr__(self, "unet", MultiViewUNetConfig.from_dict(self.unet))
+            check_field_types(self.unet, normalise=False)
+        except (TypeError, ValueError) as e:  # MultiViewUNetConfig's own errors do not say where they are
+            raise ValueError(f"PEPDConfig.unet: {' '.join(str(e).split())}") from None
         u = self.unet
         n_out = (u.num_res_blocks + 1) * len(u.channel_mult)  # decoder blocks of the U-Net
         if not 1 <= self.phase1_output_blocks <= n_out:

@@ -23,7 +23,6 @@ student and teacher see II through the same features; the student owns no image 
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -36,7 +35,7 @@ from ..gaussians import Gaussians
 from ..io import atomic_directory, atomic_write_json
 from ..teacher.interface import Condition
 from ..teacher.unet import MultiViewUNet
-from ..weights import check_state_dict, load_weights_file
+from ..weights import check_state_dict, config_errors, load_weights_file, read_json_config
 from .config import PEPDConfig
 from .heads import GaussianHeads
 from .transformer import TransformerBlock
@@ -217,9 +216,10 @@ class PEPD(nn.Module):
                 f"(train one with the `distill` job's pepd_student asset or `python -m dd3g_core.distill.train`, "
                 f"or pass --checkpoint)"
             )
-        d = json.loads((path / CONFIG_NAME).read_text())
+        d = read_json_config(path / CONFIG_NAME)
         keys = {f for f in PEPDConfig.__dataclass_fields__}
-        cfg = PEPDConfig.from_dict({k: v for k, v in d.items() if k in keys or k in ("format", "format_version")})
+        with config_errors(path / CONFIG_NAME, "PEPD"):
+            cfg = PEPDConfig.from_dict({k: v for k, v in d.items() if k in keys or k in ("format", "format_version")})
         return cfg, {k: v for k, v in d.items() if k not in keys and k not in ("format", "format_version")}
 
     @classmethod
@@ -234,5 +234,7 @@ class PEPD(nn.Module):
                 f"{path} was trained with another PEPD config; differing keys "
                 f"(expected, checkpoint): {dict(list(diff.items())[:10])}"
             )
-        model = load_weights_file(cls(cfg, _meta=True), path / WEIGHTS_NAME, ConfigMismatchError)
+        with config_errors(path / CONFIG_NAME, "PEPD"):
+            skeleton = cls(cfg, _meta=True)
+        model = load_weights_file(skeleton, path / WEIGHTS_NAME, ConfigMismatchError)
         return model.to(device or "cpu").eval()

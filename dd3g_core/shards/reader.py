@@ -11,27 +11,42 @@ then cuts each worker's stream after ``n`` samples, so one epoch of the loader y
 
 Decoding never touches pickle: a field with a pickle-based extension (``.pth``, ``.pyd``,
 ``.pickle``, ...) raises :class:`PickleFieldError`, which is fatal (a shard set with such fields
-is malformed, not corrupt). A sample that fails to decode (truncated PNG, bad ``.npy``,
-invalid JSON) or a tar member that cannot be read is skipped and recorded by :class:`SkipRecorder`:
-logged as a warning, counted, its key and reason kept (in the process that saw it; DataLoader
-workers are separate processes, so pass ``skip_log`` to collect them from all workers as JSON lines).
+is malformed, not corrupt). A sample that fails to decode (truncated PNG, bad ``.npy``, invalid
+JSON), that the caller's ``validate_sample`` finds problems in (wrong shape, missing field), or a
+tar member that cannot be read is skipped and recorded by :class:`SkipRecorder` (bounded, see
+:mod:`.health`): logged as a warning, counted, its key and reason kept (in the process that saw it;
+DataLoader workers are separate processes, so pass ``skip_log`` to collect them as JSON lines).
+When no shard gives a single good sample any more, :class:`NoReadableShardsError` stops the reader
+instead of resampling broken shards forever; paths that do not exist or are not tar files are
+refused before anything starts (:func:`resolve_shard_urls`).
 """
 
 from __future__ import annotations
 
+import functools
 import io
 import json
-import logging
 import os
 import random
-import threading
-from collections.abc import Mapping
+import tarfile
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from PIL import Image
 
+from .health import (
+    MAX_RECORDS,
+    InvalidSampleError,
+    NoReadableShardsError,
+    PickleFieldError,
+    SampleDecodeError,
+    ShardWatch,
+    SkipRecorder,
+    count_skips,
+    read_skip_log,
+)
 from .writer import (
     MANIFEST,
     PICKLE_EXTENSIONS,
@@ -41,69 +56,27 @@ from .writer import (
     validate_shards,
 )
 
-logger = logging.getLogger(__name__)
+__all__ = [
+    "InvalidSampleError",
+    "NoReadableShardsError",
+    "PickleFieldError",
+    "SampleDecodeError",
+    "SkipRecorder",
+    "count_skips",
+    "read_skip_log",
+    "decode_image",
+    "decode_sample",
+    "resolve_shard_urls",
+    "shard_set_manifests",
+    "collate_samples",
+    "make_train_dataset",
+    "make_train_loader",
+]
 
 IMAGE_EXTENSIONS = ("png", "jpg", "jpeg", "webp", "ppm", "bmp", "tif", "tiff")
 MAX_IMAGE_PIXELS = 4096 * 4096  # larger images are refused before decoding (decompression bombs)
 DECODE_MODES = ("rgba8", "rgb8", "pilrgba", "raw")
-
-
-class PickleFieldError(ValueError):
-    """A sample carries a pickle-based field (never decoded; fatal for the reader)."""
-
-
-class SampleDecodeError(ValueError):
-    """One sample could not be decoded (the reader skips and records it)."""
-
-    def __init__(self, key: str, field: str, reason: str):
-        super().__init__(f"sample {key!r} field {field!r}: {reason}")
-        self.key, self.field, self.reason = key, field, reason
-
-
-class SkipRecorder:
-    """A webdataset ``handler`` that skips a failing sample and records it (like
-    ``wds.warn_and_continue``, but it keeps the key and the reason). Pickle fields re-raise.
-
-    ``skipped``: list of ``{"key", "field", "reason", "pid"}`` seen in this process;
-    ``skip_log``: optional path, one JSON line appended per skip (shared by all workers).
-    """
-
-    def __init__(self, skip_log: str | Path | None = None):
-        self.skipped: list[dict] = []
-        self.skip_log = None if skip_log is None else str(skip_log)
-        self._lock = threading.Lock()
-
-    @property
-    def count(self) -> int:
-        return len(self.skipped)
-
-    def __call__(self, exn: BaseException) -> bool:
-        if isinstance(exn, PickleFieldError):
-            raise exn
-        if isinstance(exn, SampleDecodeError):
-            rec = {"key": exn.key, "field": exn.field, "reason": exn.reason}
-        else:  # tar / grouping errors: webdataset puts the url in the args when it knows it
-            rec = {"key": None, "field": None, "reason": f"{type(exn).__name__}: {exn}"}
-        rec["pid"] = os.getpid()
-        logger.warning("skipping corrupt sample: %s", rec)
-        with self._lock:
-            self.skipped.append(rec)
-            if self.skip_log is not None:
-                with open(self.skip_log, "a") as f:  # one short line per O_APPEND write: safe across workers
-                    f.write(json.dumps(rec) + "\n")
-        return True
-
-    def __getstate__(self):  # picklable for DataLoader workers (each gets its own list)
-        return {"skipped": [], "skip_log": self.skip_log}
-
-    def __setstate__(self, state):
-        self.skipped, self.skip_log = state["skipped"], state["skip_log"]
-        self._lock = threading.Lock()
-
-
-def read_skip_log(path: str | Path) -> list[dict]:
-    p = Path(path)
-    return [json.loads(line) for line in p.read_text().splitlines() if line.strip()] if p.is_file() else []
+SampleValidator = Callable[[Mapping[str, Any]], Iterable[str]]  # decoded sample -> problems ([] if fine)
 
 
 def decode_image(data: bytes, mode: str = "rgba8", max_pixels: int = MAX_IMAGE_PIXELS):
@@ -175,9 +148,31 @@ def resolve_shard_urls(urls_or_dir: Any, validate: bool = True) -> list[str]:
     """Tar paths from: a shard-set directory (has ``manifest.json``), a directory of shard-set
     directories (e.g. ``teacher_trajectories/<version>/`` with one ``shard-NNNNN/`` per partition),
     a ``.tar`` path / brace pattern, or a list of any of these. Shard sets are validated against
-    their manifests (size + sha256) when ``validate``."""
-    items = [urls_or_dir] if isinstance(urls_or_dir, (str, os.PathLike)) else list(urls_or_dir)
+    their manifests (size + sha256) when ``validate``. Every local path must exist and be a regular
+    tar file (a one-line :class:`ShardValidationError` otherwise); ``scheme://`` and ``pipe:`` urls
+    pass unchecked."""
     urls: list[str] = []
+    for d, tars in _shard_sources(urls_or_dir):
+        if d is not None:
+            summary = validate_shards(d) if validate else ShardSetSummary(d, read_manifest(d))
+            tars = [str(s) for s in summary.shard_paths]
+        urls.extend(tars)
+    if not urls:
+        raise ShardValidationError(f"no shards found in {urls_or_dir!r}")
+    for url in urls:
+        _check_tar(url)
+    return urls
+
+
+def shard_set_manifests(urls_or_dir: Any) -> list[dict]:
+    """The (checked) manifests of the shard sets ``urls_or_dir`` names; tar paths have none."""
+    return [read_manifest(d) for d, _ in _shard_sources(urls_or_dir) if d is not None]
+
+
+def _shard_sources(urls_or_dir: Any) -> list[tuple[Path | None, list[str]]]:
+    """``(shard set directory, [])`` or ``(None, tar urls)`` per item of ``urls_or_dir``."""
+    items = [urls_or_dir] if isinstance(urls_or_dir, (str, os.PathLike)) else list(urls_or_dir)
+    out: list[tuple[Path | None, list[str]]] = []
     for item in items:
         p = Path(item)
         if p.is_dir():
@@ -189,16 +184,28 @@ def resolve_shard_urls(urls_or_dir: Any, validate: bool = True) -> list[str]:
                     raise ShardValidationError(
                         f"{p}: neither a shard set (no {MANIFEST}) nor a directory of shard sets"
                     )
-            for d in sets:
-                summary = validate_shards(d) if validate else ShardSetSummary(d, read_manifest(d))
-                urls.extend(str(s) for s in summary.shard_paths)
+            out.extend((d, []) for d in sets)
         else:
             import braceexpand
 
-            urls.extend(braceexpand.braceexpand(str(item)))
-    if not urls:
-        raise ShardValidationError(f"no shards found in {urls_or_dir!r}")
-    return urls
+            out.append((None, list(braceexpand.braceexpand(str(item)))))
+    return out
+
+
+def _check_tar(url: str) -> None:
+    if "://" in url or url.startswith("pipe:"):
+        return
+    p = Path(url)
+    if not p.exists():
+        raise ShardValidationError(f"{p}: no such file or directory (give a shard set directory or .tar paths)")
+    if not p.is_file():
+        raise ShardValidationError(f"{p}: not a regular file (give a shard set directory or .tar paths)")
+    try:
+        ok = tarfile.is_tarfile(p)
+    except OSError as e:
+        raise ShardValidationError(f"{p}: cannot be read ({e})") from None
+    if not ok:
+        raise ShardValidationError(f"{p}: not a tar file (shards are webdataset .tar files)")
 
 
 def collate_samples(samples: list[dict]) -> dict:
@@ -224,6 +231,7 @@ def make_train_dataset(
     decode: Any = "rgba8",
     handler: SkipRecorder | None = None,
     validate: bool = True,
+    validate_sample: SampleValidator | None = None,
 ):
     """The webdataset pipeline behind :func:`make_train_loader` (yields single decoded samples).
 
@@ -247,11 +255,29 @@ def make_train_dataset(
     # webdataset's resampled list draws a non-reproducible seed; make it a function of `seed`
     # (and of rank, worker and epoch, which ResampledShards mixes in itself).
     ds.pipeline[0] = wds.ResampledShards(urls, seed=seed, deterministic=True, empty_check=False)
-    ds = ds.map(lambda s: decode_sample(s, decode), handler=handler)
+    # the watch sees each url this worker opens (it goes right before the opener) and each good sample
+    source = urls_or_dir if isinstance(urls_or_dir, (str, os.PathLike)) else ", ".join(map(str, urls_or_dir))
+    watch = ShardWatch(str(source), len(urls), handler)
+    opener = next(i for i, stage in enumerate(ds.pipeline) if isinstance(stage, wds.cache.StreamingOpen))
+    ds.pipeline.insert(opener, watch.shards)
+    ds = ds.map(functools.partial(_decode_checked, decode=decode, validate_sample=validate_sample), handler=handler)
+    ds.append(watch.samples)
     if shuffle_buffer > 1:
         ds = ds.shuffle(shuffle_buffer, initial=min(shuffle_buffer, 64), rng=_WorkerRandom(seed))
     ds.skip_recorder = handler
     return ds.with_epoch(epoch_samples)
+
+
+def _decode_checked(sample: Mapping[str, Any], decode: Any, validate_sample: SampleValidator | None) -> dict:
+    out = decode_sample(sample, decode)
+    if validate_sample is not None:
+        try:
+            problems = list(validate_sample(out))
+        except Exception as e:  # noqa: BLE001 - a validator choking on odd data is a problem of the sample
+            problems = [f"validator raised {type(e).__name__}: {e}"]
+        if problems:
+            raise InvalidSampleError(str(out.get("__key__")), None, "; ".join(problems))
+    return out
 
 
 class _WorkerRandom(random.Random):
@@ -291,20 +317,26 @@ def make_train_loader(
     drop_last: bool = False,
     skip_log: str | Path | None = None,
     validate: bool = True,
+    validate_sample: SampleValidator | None = None,
+    max_skip_records: int = MAX_RECORDS,
 ):
     """A ``wds.WebLoader`` of training batches (see the section comment above for the semantics).
 
     Each worker yields ``epoch_samples`` samples per epoch (``with_epoch``), batched within the
     worker to ``batch_size`` (:func:`collate_samples`: arrays -> torch tensors, the rest lists).
-    The loader's ``skip_recorder`` is the handler of the main process (``num_workers=0``); with
-    workers use ``skip_log`` and :func:`read_skip_log`.
+    ``validate_sample(sample) -> problems`` (e.g. ``SampleSpec.problems``) runs on every decoded
+    sample; one with problems is skipped and recorded. The loader's ``skip_recorder`` is the handler
+    of the main process (``num_workers=0``); with workers use ``skip_log`` and :func:`read_skip_log`.
+    Each process logs at most ``max_skip_records`` distinct skips, then only counts them (:mod:`.health`).
     """
     import webdataset as wds
 
     if batch_size < 1:
         raise ValueError("batch_size must be >= 1")
-    recorder = SkipRecorder(skip_log)
-    ds = make_train_dataset(urls_or_dir, epoch_samples, shuffle_buffer, seed, decode, recorder, validate)
+    recorder = SkipRecorder(skip_log, max_records=max_skip_records)
+    ds = make_train_dataset(
+        urls_or_dir, epoch_samples, shuffle_buffer, seed, decode, recorder, validate, validate_sample
+    )
     loader = wds.WebLoader(
         ds,
         batch_size=batch_size,
@@ -313,5 +345,14 @@ def make_train_loader(
         drop_last=drop_last,
         persistent_workers=False,
     )
+    loader.append(_one_line_errors)
     loader.skip_recorder = recorder
     return loader
+
+
+def _one_line_errors(batches: Iterable[dict]) -> Iterator[dict]:
+    """A worker's :class:`NoReadableShardsError` reaches the caller as its one line, not a worker traceback."""
+    try:
+        yield from batches
+    except NoReadableShardsError as e:
+        raise NoReadableShardsError.unwrap(e) from None

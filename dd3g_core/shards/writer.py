@@ -27,6 +27,7 @@ import numpy as np
 from PIL import Image
 
 from ..io import atomic_directory, atomic_write_json, sha256_file, stable_hash
+from .rules import sample_key_problem
 
 MANIFEST = "manifest.json"
 SHARD_PATTERN = "shard-{:06d}.tar"
@@ -81,7 +82,7 @@ class ShardSetSummary:
 
     @property
     def shard_paths(self) -> list[Path]:
-        return [self.directory / f["name"] for f in self.manifest["files"]]
+        return [manifest_file(self.directory, f["name"]) for f in self.manifest["files"]]
 
 
 def write_shards(
@@ -116,11 +117,9 @@ def write_shards(
 
         for sample in samples:
             key = str(sample.get("__key__", ""))
-            if not key or "." in key or "/" in key:
-                raise ValueError(f"sample keys must be non-empty and free of '.' and '/': {key!r}")
-            if key in seen_keys:
-                raise ValueError(f"duplicate sample key {key!r}")
-            seen_keys.add(key)
+            problem = sample_key_problem(key, seen_keys)  # the one key rule of every shard stage
+            if problem:
+                raise ValueError(problem)
             if writer is None:
                 # fixed member mtime: the same samples give byte-identical shards (stable sha256 / DataVersion)
                 writer = wds.TarWriter(str(tmp / SHARD_PATTERN.format(shard_index)), encoder=False, mtime=TAR_MTIME)
@@ -157,21 +156,77 @@ def content_hash(summary_or_manifest: ShardSetSummary | dict) -> str:
 
 
 def read_manifest(directory: str | Path) -> dict:
+    """The manifest of a shard set, checked (:func:`check_manifest`): every reader goes through here."""
     path = Path(directory) / MANIFEST
     if not path.is_file():
         raise ShardValidationError(f"{directory}: no {MANIFEST} (not a finished shard set)")
     try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise ShardValidationError(f"{path}: manifest is not valid JSON ({e})") from None
+        manifest = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ShardValidationError(f"{path}: manifest is not valid JSON ({e}); re-create the shard set") from None
+    return check_manifest(manifest, path)
+
+
+def check_manifest(manifest: Any, where: str | Path) -> dict:
+    """``manifest`` (read from the file ``where``) if it has the structure readers rely on, else
+    :class:`ShardValidationError` naming the field (never a ``KeyError``/``TypeError`` later). File names
+    are confined to the manifest's directory (:func:`manifest_file`)."""
+
+    def bad(field: str, problem: str) -> ShardValidationError:
+        return ShardValidationError(f"{where}: {field} {problem}; the manifest is malformed, re-create the shard set")
+
+    if not isinstance(manifest, dict):
+        raise bad("the manifest", f"is a JSON {type(manifest).__name__}, not an object")
+    if not _count(manifest.get("num_samples")):
+        raise bad("'num_samples'", f"is {manifest.get('num_samples')!r}, not a count")
+    files = manifest.get("files")
+    if not isinstance(files, list):
+        raise bad("'files'", f"is {type(files).__name__}, not a list")
+    for i, f in enumerate(files):
+        if not isinstance(f, dict):
+            raise bad(f"files[{i}]", f"is a {type(f).__name__}, not an object")
+        manifest_file(Path(where).parent, f.get("name"))
+        for key, ok in (("bytes", _count), ("samples", _count), ("sha256", _sha256)):
+            if not ok(f.get(key)):
+                raise bad(f"files[{i}].{key}", f"is {f.get(key)!r}" + (" (missing)" if key not in f else ""))
+    return manifest
+
+
+def manifest_file(directory: str | Path, name: Any) -> Path:
+    """``directory / name`` for a file name read from a manifest, refused unless it is a plain name
+    inside ``directory`` (no absolute path, no ``..``, no separator): data never chooses what we open."""
+    if not _file_name(name):
+        raise ShardValidationError(
+            f"{Path(directory) / MANIFEST}: file name {name!r} is not a plain name inside the shard set directory"
+        )
+    return Path(directory) / name
+
+
+def _file_name(name: Any) -> bool:
+    return (
+        isinstance(name, str)
+        and name not in ("", ".", "..")
+        and "/" not in name
+        and "\\" not in name
+        and "\0" not in name
+        and Path(name).name == name
+    )
+
+
+def _count(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+
+def _sha256(v: Any) -> bool:
+    return isinstance(v, str) and len(v) == 64 and all(c in "0123456789abcdef" for c in v)
 
 
 def validate_shards(directory: str | Path, check_hashes: bool = True) -> ShardSetSummary:
     """Check every shard against the manifest: present, same size, same sha256."""
     directory = Path(directory)
     manifest = read_manifest(directory)
-    for f in manifest.get("files", []):
-        p = directory / f["name"]
+    for f in manifest["files"]:
+        p = manifest_file(directory, f["name"])
         if not p.is_file():
             raise ShardValidationError(f"{p}: listed in the manifest but missing")
         size = p.stat().st_size

@@ -13,6 +13,18 @@ while generating / matting / post-processing one sample) are *not* written as im
 listed in the manifest: ``extra = {"accepted": n, "attempted": m, "rejected": [{key, seed,
 stage, reasons, error?, ...}], ...}``. If every sample of a shard raised, the shard is not
 written and the first error is raised (a systematic failure must not be cached as "all rejected").
+
+The rules every shard stage follows (:mod:`dd3g_core.shards.rules`):
+
+* keys: a key the shard writer would refuse (``sample_key_problem``: empty, with ``/`` or ``.``,
+  or a duplicate) is checked where it enters the stage and becomes one recorded reject, never a
+  failed partition;
+* limits: with ``max_reject_share`` (the pipeline passes the profile's ``limits``), a partition that
+  rejects more than that share of its samples, or accepts none, raises ``RejectShareError``
+  (partition, counts, the most common reasons) and is not published; a published partition over the
+  limit (made without one) is not a cache hit;
+* cache hits: a partition is reused only if every shard matches its manifest (sizes, sha256); a
+  damaged or malformed one is rebuilt.
 """
 
 from __future__ import annotations
@@ -24,6 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from ..shards import ShardSetSummary, ShardValidationError, iter_samples, read_manifest, validate_shards, write_shards
+from ..shards.rules import RejectShareError, check_reject_share, sample_key_problem
 from .config import CODE_VERSION, STAGE, RGBASynthesisConfig, shard_dir, stage_dir, stage_version
 from .generators import GeneratedImage, ProceduralGenerator, SDXLGenerator
 from .matting import ColorKeyMatting, MattingResult, RembgMatting
@@ -31,6 +44,8 @@ from .postprocess import check_quality, final_stats, recentre
 from .prompts import load_prompts, prompt_for_seed
 
 log = logging.getLogger(__name__)
+
+# ------------------------------------------------------------------ rules every shard stage follows
 
 
 class SynthesisBackends:
@@ -112,6 +127,16 @@ def _sample_key(config: RGBASynthesisConfig, seed: int) -> str:
     return f"{config.split}{seed:08d}"
 
 
+def _key_reject(config: RGBASynthesisConfig, seed: int, problem: str) -> dict:
+    return {
+        "key": _sample_key(config, seed),
+        "seed": seed,
+        "stage": "key",
+        "reasons": [{"filter": "bad_key"}],
+        "error": f"{problem} (an rgba key is the config's split {config.split!r} + the seed)",
+    }
+
+
 def process_image(
     config: RGBASynthesisConfig, backends: SynthesisBackends, seed: int, image: GeneratedImage, base: dict
 ) -> tuple[dict | None, dict | None]:
@@ -170,9 +195,18 @@ def build_shard_samples(
     batch = config.sdxl_batch_size if config.generator == "sdxl" else 1
     generator_desc = backends.generator.describe()
     matting_desc = backends.matting.describe()
-    samples, rejected, errors = [], [], 0
+    samples, rejected, errors, seen = [], [], 0, set()
     for start in range(0, len(seeds), batch):
-        chunk = seeds[start : start + batch]
+        chunk = []
+        for s in seeds[start : start + batch]:  # a key the shard writer would refuse: a reject, not generated
+            problem = sample_key_problem(_sample_key(config, s), seen)
+            if problem is None:
+                chunk.append(s)
+            else:
+                errors += 1
+                rejected.append(_key_reject(config, s, problem))
+        if not chunk:
+            continue
         chunk_prompts, prompt_idx = [], []
         for s in chunk:
             if prompts is None:
@@ -239,20 +273,39 @@ def build_shard_samples(
 
 
 def synthesize_shard(
-    data_root: str | Path, config: RGBASynthesisConfig, shard_index: int, *, backends: SynthesisBackends | None = None
+    data_root: str | Path,
+    config: RGBASynthesisConfig,
+    shard_index: int,
+    *,
+    backends: SynthesisBackends | None = None,
+    max_reject_share: float | None = None,
 ) -> tuple[ShardSetSummary, bool]:
-    """Build (or reuse) partition ``shard_index``. Returns ``(summary, cache_hit)``."""
+    """Build (or reuse) partition ``shard_index``. Returns ``(summary, cache_hit)``.
+
+    ``max_reject_share``: the partition fails (:class:`RejectShareError`, nothing published) if more than
+    this share of its samples is rejected or none is accepted; a published partition over it is rebuilt
+    rather than reused. ``None``: no limit (every outcome but "every sample raised" is published)."""
     config = config.resolved()
     version = stage_version(config)
     out = shard_dir(data_root, config, shard_index)
     if out.exists():
         try:
-            return validate_shards(out), True
+            summary = validate_shards(out)
+            if max_reject_share is not None:
+                rejected = summary.manifest.get("rejected")
+                rejected = rejected if isinstance(rejected, list) else []
+                n = summary.num_samples
+                check_reject_share(STAGE, shard_index, n, n + len(rejected), rejected, max_reject_share)
+            return summary, True
         except ShardValidationError as e:
             log.warning("rebuilding damaged partition %s: %s", out, e)  # replaced atomically below
+        except RejectShareError as e:
+            log.warning("not reusing partition %s, it is over its reject limit: %s", out, e)
     backends = backends or SynthesisBackends(config)
     samples, rejected = build_shard_samples(config, shard_index, backends, version)
     seeds = config.shard_seeds(shard_index)
+    if max_reject_share is not None:  # before anything is written: a failed partition is never published
+        check_reject_share(STAGE, shard_index, len(samples), len(seeds), rejected, max_reject_share)
     ious = [s["json"]["matting_iou"] for s in samples if "matting_iou" in s["json"]]
     ious += [r["matting_iou"] for r in rejected if "matting_iou" in r]
     extra = {
@@ -284,13 +337,18 @@ def synthesize_shard(
 
 
 def synthesize_rgba(
-    data_root: str | Path, config: RGBASynthesisConfig, shards: Sequence[int] | None = None
+    data_root: str | Path,
+    config: RGBASynthesisConfig,
+    shards: Sequence[int] | None = None,
+    max_reject_share: float | None = None,
 ) -> list[ShardSetSummary]:
     """Every partition (or ``shards``) of the stage; backends are loaded once and only if needed."""
     config = config.resolved()
     backends = SynthesisBackends(config)
     indices = range(config.num_shards) if shards is None else shards
-    return [synthesize_shard(data_root, config, k, backends=backends)[0] for k in indices]
+    return [
+        synthesize_shard(data_root, config, k, backends=backends, max_reject_share=max_reject_share)[0] for k in indices
+    ]
 
 
 def shard_summaries(directory: str | Path) -> list[ShardSetSummary]:

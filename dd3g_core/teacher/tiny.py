@@ -24,7 +24,6 @@ ship the EMA weights by passing them as ``state_dict``).
 from __future__ import annotations
 
 import dataclasses
-import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -37,7 +36,7 @@ from ..cameras import ViewLayout, get_layout
 from ..images import prepare_images, resize_square
 from ..io import atomic_directory, atomic_write_json
 from ..paths import TINY_TEACHER_DIR
-from ..weights import check_state_dict, load_weights_file
+from ..weights import check_state_dict, config_errors, load_weights_file, read_json_config
 from .config import MultiViewUNetConfig
 from .image_encoder import TinyImageEncoder, TinyImageEncoderConfig
 from .interface import Condition, MissingWeightsError, MultiViewTeacher
@@ -275,7 +274,9 @@ class TinyTeacher(MultiViewTeacher):
         """Load a ``save_pretrained`` folder (strict: any key/shape difference is listed)."""
         path = default_tiny_teacher_path() if path is None else Path(path)
         _check_files(path)
-        config = json.loads((path / CONFIG_NAME).read_text())
-        teacher = load_weights_file(cls.from_config(config, _meta=True), path / WEIGHTS_NAME)
+        config = read_json_config(path / CONFIG_NAME)
+        with config_errors(path / CONFIG_NAME, "tiny teacher"):
+            skeleton = cls.from_config(config, _meta=True)
+        teacher = load_weights_file(skeleton, path / WEIGHTS_NAME)
         teacher.to(device=device, dtype=dtype or torch.float32)
         return teacher.eval()

@@ -31,9 +31,12 @@ tolerance of 1e-5 then (``tests/test_trajectories.py`` does both).
 
 Batching: B = ``config.batch_size`` (image, draw) pairs go through one ``teacher.sample`` call.
 Rejects (recorded in the manifest under ``rejects`` with key and reason, never written):
-undecodable / non-square / tiny / fully transparent images, and non-finite teacher outputs
-(NaN/Inf in OI or x_t). A batch whose ``sample`` call raises is re-run sample by sample so one bad
-input only rejects itself.
+undecodable / non-square / tiny / fully transparent images, keys a shard set cannot hold (empty, with
+``/`` or ``.``, duplicates: :func:`dd3g_core.shards.rules.sample_key_problem`), and non-finite teacher
+outputs (NaN/Inf in OI or x_t). A batch whose ``sample`` call raises is re-run sample by sample so one bad
+input only rejects itself. With ``max_reject_share`` (the pipeline passes the profile's limit), a
+partition that rejects more than that share of its samples, or accepts none, raises
+``RejectShareError`` and is not published, and a published one over the limit is not a cache hit.
 """
 
 from __future__ import annotations
@@ -47,8 +50,16 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..shards import ShardSetSummary, ShardValidationError, validate_shards, write_shards
-from ..shards.reader import SampleDecodeError, SkipRecorder, decode_image
+from ..shards import (
+    SampleDecodeError,
+    ShardSetSummary,
+    ShardValidationError,
+    SkipRecorder,
+    decode_image,
+    validate_shards,
+    write_shards,
+)
+from ..shards.rules import RejectShareError, check_reject_share, sample_key_problem
 from . import sample as S
 from .config import (
     CODE_VERSION,
@@ -89,9 +100,13 @@ def _iter_rgba(summary: ShardSetSummary, rejects: list[dict]) -> Iterator[tuple[
     if not urls:
         return
     ds = wds.WebDataset(urls, shardshuffle=False, empty_check=False, handler=recorder)
+    seen: set[str] = set()
     for raw in ds:
-        key = str(raw.get("__key__"))
+        key = raw.get("__key__")
         try:
+            problem = sample_key_problem(key, seen)  # it names this stage's output samples: checked first
+            if problem is not None:
+                raise SampleDecodeError(str(key), "__key__", problem)
             name = next((n for n in IMAGE_FIELD_CANDIDATES if n in raw), None)
             if name is None:
                 raise SampleDecodeError(key, "", f"no image field (looked for {IMAGE_FIELD_CANDIDATES})")
@@ -107,7 +122,7 @@ def _iter_rgba(summary: ShardSetSummary, rejects: list[dict]) -> Iterator[tuple[
             if int(img[..., 3].max()) == 0:
                 raise SampleDecodeError(key, name, "image is fully transparent")
         except SampleDecodeError as e:
-            rejects.append({"key": key, "stage": "input", "reason": str(e.reason)})
+            rejects.append({"key": str(key), "stage": "input", "reason": str(e.reason)})
             continue
         yield key, img
     for rec in recorder.skipped:
@@ -130,6 +145,12 @@ def _to_np(t: torch.Tensor, dtype) -> np.ndarray:
     return t.detach().cpu().float().numpy().astype(dtype, copy=False)
 
 
+def _counts(num_samples: int, rejects: list, draws: int) -> tuple[int, int]:
+    """(accepted, attempted) samples of a partition: an input reject stands for all its noise draws."""
+    lost = sum(draws if isinstance(r, dict) and r.get("stage") in ("input", "read") else 1 for r in rejects)
+    return num_samples, num_samples + lost
+
+
 def cache_shard(
     data_root: str | Path,
     rgba_shard_dir: str | Path,
@@ -137,12 +158,16 @@ def cache_shard(
     config: TrajectoryCacheConfig,
     shard_index: int,
     force: bool = False,
+    max_reject_share: float | None = None,
 ) -> tuple[ShardSetSummary, bool]:
     """Cache the teacher's trajectories for one ``rgba_images`` shard (one Dagster partition).
 
     Returns ``(summary, cache_hit)``. A cache hit = the output dir exists, validates against its
-    manifest and was built from the same upstream content (shard sha256s); otherwise the shard set
-    is (re)built atomically. ``teacher``: a ``MultiViewTeacher`` (eval mode is set by ``sample``).
+    manifest, was built from the same upstream content (shard sha256s) and is within
+    ``max_reject_share``; otherwise the shard set is (re)built atomically. ``teacher``: a
+    ``MultiViewTeacher`` (eval mode is set by ``sample``). ``max_reject_share``: a partition that
+    rejects more than this share of its samples, or accepts none, raises ``RejectShareError`` and is
+    not published (``None``: no limit).
     """
     rgba = validate_shards(rgba_shard_dir)
     up_version = upstream_version(rgba_shard_dir, rgba.manifest)
@@ -153,10 +178,18 @@ def cache_shard(
     if not force and (out / "manifest.json").is_file():
         try:
             summary = validate_shards(out)
-            if summary.manifest.get("upstream", {}).get("content_hash") == up_hash:
+            upstream = summary.manifest.get("upstream")
+            if isinstance(upstream, dict) and upstream.get("content_hash") == up_hash:
+                if max_reject_share is not None:
+                    old = summary.manifest.get("rejects")
+                    old = old if isinstance(old, list) else []
+                    accepted, attempted = _counts(summary.num_samples, old, config.num_noise_draws)
+                    check_reject_share(STAGE, shard_index, accepted, attempted, old, max_reject_share)
                 return summary, True
         except ShardValidationError:
             pass  # rebuilt below (atomically replaces the bad directory)
+        except RejectShareError:
+            pass  # over the limit: rebuilt below, and published only if the rebuild is within it
 
     cfg = config.resolved(teacher)
     store = STORE_DTYPES[cfg.store_dtype]
@@ -205,7 +238,10 @@ def cache_shard(
         stats["teacher_seconds"] += time.perf_counter() - t0
         return noise, out_
 
+    written = 0
+
     def samples() -> Iterator[dict]:
+        nonlocal written
         threads = torch.get_num_threads()
         for bi, batch in enumerate(_batches(items(), cfg.batch_size)):
             stats["batches"] += 1
@@ -281,6 +317,10 @@ def cache_shard(
                             "views_shape": list(views.shape),
                         },
                     )
+                    written += 1
+        if max_reject_share is not None:  # raised inside write_shards: the partition is not published
+            accepted, attempted = _counts(written, rejects, cfg.num_noise_draws)
+            check_reject_share(STAGE, shard_index, accepted, attempted, rejects, max_reject_share)
 
     t0 = time.perf_counter()
     summary = write_shards(

@@ -41,6 +41,7 @@ __all__ = [
     "ARRAY_FIELDS",
     "FIELDS",
     "SampleSpec",
+    "recorded_steps",
     "make_sample",
     "to_batch",
     "student_inputs",
@@ -60,26 +61,29 @@ FIELDS = (INPUT, *ARRAY_FIELDS, RECORD)
 
 @dataclass(frozen=True)
 class SampleSpec:
-    """The shapes a teacher and a cache config imply for every sample of a shard set."""
+    """The shapes a teacher and a cache config imply for every sample of a shard set.
+
+    ``problems`` is also the training reader's per-sample validator (``make_train_loader(validate_sample=
+    spec.problems)``): a sample it finds anything wrong with is skipped and recorded, never batched."""
 
     num_views: int  # V
     latent: tuple[int, int, int]  # (C, h, w) per slot
     camera_dim: int  # D
     resolution: int  # R of OI
-    num_recorded: int  # S
+    num_recorded: int | None  # S; None: unknown (bare .tar paths, no manifest), xt.npy's S is not checked
 
     @classmethod
-    def for_teacher(cls, teacher, num_recorded: int) -> SampleSpec:
+    def for_teacher(cls, teacher, num_recorded: int | None) -> SampleSpec:
         f, c, h, w = teacher.latent_shape()
         return cls(
             f - 1,
             (c, h, w),
             int(teacher.cameras().embedding.shape[-1]),
             int(teacher.layout.resolution),
-            int(num_recorded),
+            None if num_recorded is None else int(num_recorded),
         )
 
-    def shapes(self) -> dict[str, tuple[int, ...]]:
+    def shapes(self) -> dict[str, tuple[int | None, ...]]:
         v, f = self.num_views, self.num_views + 1
         return {
             NOISE: (f, *self.latent),
@@ -91,23 +95,53 @@ class SampleSpec:
         }
 
     def problems(self, sample: Mapping[str, Any]) -> list[str]:
-        """What is wrong with one decoded sample (missing fields, shapes, non-finite values); [] if nothing."""
+        """What is wrong with one decoded sample (missing fields, dtypes, shapes, non-finite values); [] if
+        nothing. Never raises on odd data: whatever a corrupt or foreign sample holds is a problem."""
         where = str(sample.get("__key__", "?"))
         out = []
         image = sample.get(INPUT)
         if image is None:
             out.append(f"{where}: missing {INPUT}")
-        elif np.asarray(image).ndim != 3 or np.asarray(image).shape[-1] != 4:
-            out.append(f"{where}: {INPUT} shape {tuple(np.asarray(image).shape)} is not [H, W, 4]")
+        elif not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3 or image.shape[-1] != 4:
+            out.append(f"{where}: {INPUT} is {_describe(image)}, not uint8 [H, W, 4]")
         for name, shape in self.shapes().items():
             arr = sample.get(name)
             if arr is None:
                 out.append(f"{where}: missing {name}")
-            elif tuple(np.shape(arr)) != shape:
-                out.append(f"{where}: {name} shape {tuple(np.shape(arr))} != {shape}")
-            elif not np.isfinite(np.asarray(arr, dtype=np.float64)).all():
+            elif not isinstance(arr, np.ndarray) or arr.dtype.kind not in "fiu":
+                out.append(f"{where}: {name} is {_describe(arr)}, not a numeric array")
+            elif arr.ndim != len(shape) or any(want not in (None, got) for got, want in zip(arr.shape, shape)):
+                want = tuple("S" if d is None else d for d in shape)
+                out.append(f"{where}: {name} shape {tuple(arr.shape)} != {want}")
+            elif arr.dtype.kind == "f" and not np.isfinite(arr).all():  # integers are always finite
                 out.append(f"{where}: {name} has non-finite values")
+        if not isinstance(sample.get(RECORD), dict):
+            out.append(f"{where}: {RECORD} is {_describe(sample.get(RECORD))}, not the sample's record (an object)")
         return out
+
+
+def _describe(v: Any) -> str:
+    if v is None:
+        return "missing"
+    if isinstance(v, np.ndarray):
+        return f"{v.dtype} {list(v.shape)}"
+    return f"a {type(v).__name__}"
+
+
+def recorded_steps(manifests: list[Mapping[str, Any]]) -> int | None:
+    """S, the number of recorded DDIM states, from the shard sets' manifests (their cache config's
+    ``record_steps``); None if no manifest says. Shard sets that disagree are refused."""
+    counts = {
+        len(m["config"]["record_steps"])
+        for m in manifests
+        if isinstance(m.get("config"), Mapping) and isinstance(m["config"].get("record_steps"), list)
+    }
+    if len(counts) > 1:
+        raise ValueError(
+            f"the trajectory shard sets record different numbers of DDIM states {sorted(counts)} "
+            "(config.record_steps in their manifests); train on shard sets of one cache config"
+        )
+    return counts.pop() if counts else None
 
 
 def make_sample(
@@ -137,6 +171,12 @@ def make_sample(
 
 def to_batch(batch: Mapping[str, Any], device) -> dict[str, Any]:
     """Tensors of a collated batch of samples on ``device`` (the trainer's view of the sample)."""
+    for name in (INPUT, NOISE, CAMERAS, VIEWMATS, KS, VIEWS):
+        if not isinstance(batch.get(name), torch.Tensor):
+            raise ValueError(
+                f"batch {list(batch.get('__key__', []))}: field {name} did not stack into one tensor (missing, or "
+                "shapes differ between samples); read with make_train_loader(validate_sample=SampleSpec.problems)"
+            )
     return {
         "keys": list(batch["__key__"]),
         "image": batch[INPUT].permute(0, 3, 1, 2).contiguous().to(device),  # [B, 4, H, W] uint8

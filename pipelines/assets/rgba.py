@@ -8,6 +8,10 @@ to ``teacher_trajectories``) is ``{partition: {path, content_hash, stage_version
 Data version: the hash of the partition's shard sha256s (its manifest); a run over several
 partitions gets one data version for all of them, and each partition's own hash is in its
 ``content_hash`` metadata. Checks: :mod:`pipelines.checks.rgba`.
+
+A partition that rejects more than the profile's ``limits.rgba_max_reject_share`` of its images, or
+accepts none, is not published (``dd3g_core.shards.rules.RejectShareError``); the other partitions
+of the run go on, then the step fails naming each failed partition, its counts and top reasons.
 """
 
 import dataclasses
@@ -18,9 +22,11 @@ import dagster as dg
 
 from dd3g_core import synthesis
 from dd3g_core.shards import content_hash
+from dd3g_core.shards.rules import RejectShareError
 
 from ..checks import RGBA_CHECKS, rgba_check_results
-from ..partitions import run_data_version, shard_asset, shard_indices
+from ..io_managers import mark_failed_checks
+from ..partitions import PartitionFailures, run_data_version, shard_asset, shard_indices
 from ..preview import image_markdown
 from ..resources import DD3GSettings
 
@@ -35,11 +41,19 @@ CODE_VERSION = f"rgba-{synthesis.CODE_VERSION}.asset-1"
     description="RGBA object images (procedural world in tiny/smoke, SDXL + rembg in full), one shard per partition.",
 )
 def rgba_images(context: dg.AssetExecutionContext, settings: DD3GSettings):
-    config = settings.profile_config().rgba.resolved()  # full: checks the SDXL / rembg files first
+    profile = settings.profile_config()
+    config = profile.rgba.resolved()  # full: checks the SDXL / rembg files first
     root = settings.root()
-    records, hits, previews = {}, [], None
+    records, hits, previews, failures = {}, [], None, PartitionFailures("rgba_images")
     for key, index in shard_indices(context, config.num_shards):
-        summary, cache_hit = synthesis.synthesize_shard(root, config, index)
+        try:
+            summary, cache_hit = synthesis.synthesize_shard(
+                root, config, index, max_reject_share=profile.limits.rgba_max_reject_share
+            )
+        except RejectShareError as e:
+            context.log.error(str(e))
+            failures.add(key, e)
+            continue
         h = content_hash(summary)
         records[key] = {
             "path": str(summary.directory),
@@ -63,6 +77,8 @@ def rgba_images(context: dg.AssetExecutionContext, settings: DD3GSettings):
         )
         if previews is None and summary.num_samples:
             previews = image_markdown(synthesis.preview_grid(summary, 8), f"shard {key}")
+    failures.raise_if_any(done=len(records))
+    check_results, failed = rgba_check_results({k: Path(r["path"]) for k, r in records.items()})
     metadata = {
         "stage_version": synthesis.stage_version(config),
         "partitions": len(records),
@@ -73,8 +89,8 @@ def rgba_images(context: dg.AssetExecutionContext, settings: DD3GSettings):
     if previews is not None:
         metadata["preview"] = previews
     return dg.MaterializeResult(
-        value=records,
+        value=mark_failed_checks(records, failed),
         data_version=run_data_version({k: r["content_hash"] for k, r in records.items()}),
         metadata=metadata,
-        check_results=rgba_check_results([Path(r["path"]) for r in records.values()]),
+        check_results=check_results,
     )

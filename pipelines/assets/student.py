@@ -12,21 +12,24 @@ records of every partition (the shard sets it reads). Settings: the profile's ``
 JSON run config), plus ``overrides``. The run directory is ``<data_root>/pepd_student/<version>/``,
 ``version`` = hash of this asset's code version, the resolved config's identity, the teacher's
 content hash and the trajectories' version. ``<run>/distill_config.json`` is the exact config the
-trainer ran with. A finished run of the same version is a cache hit (no launch); an unfinished one
-resumes from its newest checkpoint, so a killed run loses at most one checkpoint interval.
+trainer ran with. A finished run of the same version is a cache hit (no launch) only if every file it
+vouches for still matches ``<run>/export_manifest.json`` (sizes, sha256: :mod:`pipelines.export_manifest`);
+otherwise, and for an unfinished run, the trainer is launched and resumes from its newest checkpoint, so
+a killed run loses at most one checkpoint interval and a damaged export is rebuilt.
 The record passed on: ``{path: <run>/pepd, run_dir, trajectories, weights_sha256, version}``.
 Checks: :mod:`pipelines.checks.student`.
 """
 
-import json
 import os
 import sys
 from pathlib import Path
 
 import dagster as dg
+import pydantic
 
 from dd3g_core.io import atomic_write_json, stable_hash
 
+from ..export_manifest import EXPORT_MANIFEST, finished_run_problem, read_result, write_export_manifest
 from ..resources import DD3GSettings
 
 CODE_VERSION = "2"
@@ -41,6 +44,22 @@ class PEPDStudentConfig(dg.Config):
         ""  # an `accelerate launch --config_file` YAML (assets/accelerate/); wins over num_processes
     )
     threads_per_process: int = 0  # OMP/torch threads per process on CPU (0: cores / processes)
+
+    @pydantic.field_validator("num_processes")
+    @classmethod
+    def _at_least_one_process(cls, value: int) -> int:
+        if value < 1:
+            raise ValueError(
+                f"num_processes must be >= 1 (1: one process; N > 1: N GPUs or gloo processes), got {value}"
+            )
+        return value
+
+    @pydantic.field_validator("threads_per_process")
+    @classmethod
+    def _threads_not_negative(cls, value: int) -> int:
+        if value < 0:
+            raise ValueError(f"threads_per_process must be >= 0 (0: cores / processes), got {value}")
+        return value
 
 
 def launch_command(config_path: Path, num_processes: int, accelerate_config: str) -> list[str]:
@@ -68,7 +87,7 @@ def trajectories_dir(records: dict[str, dict]) -> Path:
 
 def _report(metadata: dict) -> dict:
     out = dict(metadata)
-    out["checkpoint"] = dg.MetadataValue.path(metadata["checkpoint"])
+    out["checkpoint"] = dg.MetadataValue.path(str(metadata.get("checkpoint", "")))
     out["loss_curve"] = dg.MetadataValue.json(metadata.get("loss_curve", []))
     out["parameters"] = dg.MetadataValue.json(metadata.get("parameters", {}))
     return out
@@ -116,13 +135,15 @@ def pepd_student(
     run_dir = settings.root() / "pepd_student" / version
     cfg = base.replace(teacher=teacher["path"], trajectories=str(traj_dir), out=str(run_dir))
     record = {"path": str(run_dir / "pepd"), "run_dir": str(run_dir), "trajectories": str(traj_dir), "version": version}
-    result_file = run_dir / "result.json"
-    if result_file.is_file() and json.loads(result_file.read_text()).get("step") == cfg.steps:
-        context.log.info(f"cache hit: {run_dir} already holds a finished run of this version")
-        result = json.loads(result_file.read_text())
+    result, why = finished_run_problem(run_dir, cfg.steps)
+    if result is not None:
+        context.log.info(f"cache hit: {run_dir} holds a finished run of this version, its files verified")
         metadata = {**_report(result["metadata"]), "cache_hit": True}
         data_version = result["data_version"]
     else:
+        if (run_dir / "result.json").exists() or (run_dir / EXPORT_MANIFEST).exists():
+            context.log.warning(f"not a cache hit: {run_dir}: {why}; the trainer resumes and exports again")
+        (run_dir / EXPORT_MANIFEST).unlink(missing_ok=True)  # vouches for nothing until the new export is done
         config_path = run_dir / "distill_config.json"
         atomic_write_json(config_path, cfg.to_dict())
         cmd = launch_command(config_path, config.num_processes, config.accelerate_config)
@@ -132,7 +153,10 @@ def pepd_student(
         env.setdefault("OMP_NUM_THREADS", str(threads))
         env["PYTHONUNBUFFERED"] = "1"
         reported = pipes_subprocess_client.run(command=cmd, context=context, env=env).get_materialize_result()
-        result = json.loads(result_file.read_text())
+        result, why = read_result(run_dir, cfg.steps)
+        if result is None:
+            raise RuntimeError(f"the trainer exited without a finished run in {run_dir}: {why}")
+        write_export_manifest(run_dir)
         metadata = {**(reported.metadata or {}), "cache_hit": False, "command": " ".join(cmd)}
         data_version = reported.data_version.value if reported.data_version else result["data_version"]
     record["weights_sha256"] = result["metadata"]["weights_sha256"]

@@ -5,18 +5,25 @@ Partition ``k`` caches the rgba shard set that ``rgba_images`` partition ``k`` r
 with the teacher folder the ``teacher`` asset recorded (loaded once per run through
 ``dd3g_core.teacher.load_teacher``, which checks the recorded content hash). Settings: the profile's
 ``trajectories``. Records, data versions and multi-partition runs work as for ``rgba_images``.
-Checks: :mod:`pipelines.checks.trajectories`.
+Checks: :mod:`pipelines.checks.trajectories` (blocking).
+
+A partition that rejects more than the profile's ``limits.trajectories_max_reject_share`` of its
+samples, or accepts none (a teacher with NaN weights rejects everything as non-finite), is not
+published; the other partitions go on, then the step fails naming each failed partition, its counts
+and top reasons.
 """
 
 import dagster as dg
 
 from dd3g_core import trajectories as traj
 from dd3g_core.shards import content_hash
+from dd3g_core.shards.rules import RejectShareError
 from dd3g_core.teacher import load_teacher
 
 from ..checks import TRAJECTORY_CHECKS, trajectory_check_results
 from ..checks.trajectories import check_trajectory_shard
-from ..partitions import run_data_version, shard_asset, shard_indices
+from ..io_managers import mark_failed_checks
+from ..partitions import PartitionFailures, run_data_version, shard_asset, shard_indices
 from ..resources import DD3GSettings
 
 CODE_VERSION = f"traj-{traj.CODE_VERSION}.asset-2"
@@ -44,9 +51,22 @@ def teacher_trajectories(context: dg.AssetExecutionContext, settings: DD3GSettin
         f"teacher {model.teacher_id} from {teacher['path']} (config hash {model.config_hash()}) on {model.device}"
     )
     spec = traj.SampleSpec.for_teacher(model, len(config.record_steps))
-    records, hits, rejects, count_problems, sample_problems = {}, [], 0, [], []
+    records, hits, rejects, checked = {}, [], 0, {}
+    failures = PartitionFailures("teacher_trajectories")
     for key, index in shard_indices(context, profile.num_shards):
-        summary, cache_hit = traj.cache_shard(root, rgba_images[key]["path"], model, config, index)
+        try:
+            summary, cache_hit = traj.cache_shard(
+                root,
+                rgba_images[key]["path"],
+                model,
+                config,
+                index,
+                max_reject_share=profile.limits.trajectories_max_reject_share,
+            )
+        except RejectShareError as e:
+            context.log.error(str(e))
+            failures.add(key, e)
+            continue
         h = content_hash(summary)
         records[key] = {
             "path": str(summary.directory),
@@ -57,9 +77,7 @@ def teacher_trajectories(context: dg.AssetExecutionContext, settings: DD3GSettin
         hits.append(cache_hit)
         n_rej = len(summary.manifest.get("rejects", []))
         rejects += n_rej
-        cp, sp = check_trajectory_shard(summary, spec, config)
-        count_problems += cp
-        sample_problems += sp
+        checked[key] = check_trajectory_shard(summary, spec, config)
         stats = summary.manifest.get("stats", {})
         context.log.info(
             f"shard {key}: {'reused' if cache_hit else 'cached'} {summary.num_samples} samples "
@@ -77,10 +95,12 @@ def teacher_trajectories(context: dg.AssetExecutionContext, settings: DD3GSettin
             },
             partition_key=key,
         )
+    failures.raise_if_any(done=len(records))
+    check_results, failed = trajectory_check_results(checked)
     total = sum(r["num_samples"] for r in records.values())
     versions = sorted({str(r["stage_version"]) for r in records.values()})
     return dg.MaterializeResult(
-        value=records,
+        value=mark_failed_checks(records, failed),
         data_version=run_data_version({k: r["content_hash"] for k, r in records.items()}),
         metadata={
             "stage_version": versions[0] if len(versions) == 1 else dg.MetadataValue.json(versions),
@@ -92,5 +112,5 @@ def teacher_trajectories(context: dg.AssetExecutionContext, settings: DD3GSettin
             "cache_hit": all(hits),
             "config": dg.MetadataValue.json(config.to_dict()),
         },
-        check_results=trajectory_check_results(count_problems, sample_problems, total),
+        check_results=check_results,
     )

@@ -1,12 +1,20 @@
 """Checks of ``rgba_images``, evaluated inside its materialization over the partitions of the run.
 
-``shards_match_manifest``: shards match the manifest (size, sha256), the samples read back equal its
-count, accepted + rejected = attempted. ``alpha_coverage_in_range``: every image's alpha coverage
-(share of pixels with alpha > 127) is within :data:`ALPHA_COVERAGE_RANGE`.
+``shards_match_manifest`` (blocking): shards match the manifest (size, sha256), the samples read back
+equal its count, accepted + rejected = attempted. ``alpha_coverage_in_range`` (not blocking): every
+image's alpha coverage (share of pixels with alpha > 127) is within :data:`ALPHA_COVERAGE_RANGE`.
+
+Why only the first blocks: a shard that does not match its manifest is corrupt data that must not flow
+on; an image outside the coverage range is still a valid image (each image already passed the profile's
+own coverage filters, ``QualityFilters.min_coverage``/``max_coverage``, before it was written), so the
+coverage check is a warning about the data's distribution (a filter setting that drifted), not a guard.
+A partition that fails a blocking check has its record marked (``failed_checks``), so it does not flow
+into a later run either (``pipelines.io_managers``).
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
 import dagster as dg
@@ -22,12 +30,13 @@ RGBA_CHECKS = [
     dg.AssetCheckSpec(
         "shards_match_manifest",
         asset="rgba_images",
+        blocking=True,
         description="Shards match the manifest (size, sha256) and the samples read back = its count.",
     ),
     dg.AssetCheckSpec(
         "alpha_coverage_in_range",
         asset="rgba_images",
-        description=f"Every image's alpha coverage is within {ALPHA_COVERAGE_RANGE}.",
+        description=f"Every image's alpha coverage is within {ALPHA_COVERAGE_RANGE} (a warning: not blocking).",
     ),
 ]
 
@@ -40,9 +49,12 @@ def check_rgba_shard(directory: Path) -> tuple[list[str], list[float]]:
     except ShardValidationError as e:
         return [str(e)], []
     coverages, count = [], 0
-    for s in iter_samples(directory, validate=False):
-        count += 1
-        coverages.append(float((s["rgba.png"][..., 3] > 127).mean()))
+    try:
+        for s in iter_samples(directory, validate=False):
+            count += 1
+            coverages.append(float((s["rgba.png"][..., 3] > 127).mean()))
+    except Exception as e:  # noqa: BLE001 - an unreadable sample is what this check reports
+        return [f"{directory}: sample {count} cannot be read: {type(e).__name__}: {e}"], coverages
     m = summary.manifest
     if count != summary.num_samples or sum(f["samples"] for f in m["files"]) != count:
         problems.append(f"{directory}: read {count} samples, manifest says {summary.num_samples}")
@@ -54,15 +66,19 @@ def check_rgba_shard(directory: Path) -> tuple[list[str], list[float]]:
     return problems, coverages
 
 
-def rgba_check_results(directories: list[Path]) -> list[dg.AssetCheckResult]:
-    problems, coverages = [], []
-    for d in directories:
-        p, cov = check_rgba_shard(d)
+def rgba_check_results(directories: Mapping[str, Path]) -> tuple[list[dg.AssetCheckResult], dict[str, list[str]]]:
+    """The check results over the partitions of a run (``{partition: directory}``), and the blocking
+    checks each failing partition failed (``{partition: [check name]}``)."""
+    problems, coverages, failed = [], [], {}
+    for key, d in directories.items():
+        p, cov = check_rgba_shard(Path(d))
         problems += p
         coverages += cov
+        if p:
+            failed[key] = ["shards_match_manifest"]
     lo, hi = ALPHA_COVERAGE_RANGE
     bad = [c for c in coverages if not lo <= c <= hi]
-    return [
+    results = [
         dg.AssetCheckResult(
             check_name="shards_match_manifest",
             passed=not problems,
@@ -79,3 +95,4 @@ def rgba_check_results(directories: list[Path]) -> list[dg.AssetCheckResult]:
             },
         ),
     ]
+    return results, failed
