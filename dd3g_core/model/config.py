@@ -169,6 +169,7 @@ class PEPDConfig:
     phase1_timestep: int = 999  # timestep fed with N (the teacher's first DDIM step: N is pure noise)
     num_views: int = 4  # V generated views (the teacher's layout); the U-Net also sees the image slot
     latent_resolution: int = 32  # h = w of N per view
+    noise_input: bool = True  # False (ablation "no noise input"): phase 1 sees zeros instead of N
     # --- fusion ---
     width: int = 96  # token width of phase 2
     image_resolution: int = 32  # II (straight RGBA) is resized to this for the patch embedding

@@ -108,6 +108,8 @@ class PEPD(nn.Module):
         cond = condition.to(dev, dt)
         per_view = lambda z: z.repeat_interleave(f, dim=0)
         rows = noise.reshape(b * f, *noise.shape[2:]).to(dev, dt)
+        if not c.noise_input:  # ablation: the same network without N (one output per image)
+            rows = torch.zeros_like(rows)
         t = torch.full((b * f,), float(c.phase1_timestep), device=dev)
         feats = self.phase1.forward_features(
             rows,
