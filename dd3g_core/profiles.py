@@ -95,15 +95,52 @@ class TeacherSettings:
 
 @dataclass(frozen=True)
 class EvaluationSettings:
-    """How a distilled student is scored: ``heldout_objects`` procedural objects of the held-out split,
-    ``draws`` noise draws each (the student checks of the ``pepd_student`` asset)."""
+    """How a distilled student is scored (``dd3g_core.evaluation``; the ``evaluation`` asset, ``dd3g eval``).
+
+    Held-out procedural objects: ``heldout_objects`` seeds of the ``heldout`` split, ``draws`` noise
+    draws each (N by the trajectory cache's rule; >= 2 also measures diversity). Novel cameras:
+    ``novel_azimuths`` evenly spaced azimuths at each of ``novel_elevations`` (degrees), scored at
+    the teacher's resolution and at ``display_scale`` x it. ``fog_band``: width of the band around the
+    ground truth's silhouette where fog is measured, as a share of the image side. The per-sample fit
+    ceiling optimises the student's number of Gaussians to the first ``fit_objects`` objects' teacher
+    views for ``fit_steps`` Adam steps (0 objects: no ceiling). ``lpips_weights`` / ``clip_weights``:
+    local files (a VGG16 + LPIPS ``lin*`` safetensors; a transformers CLIP folder); absent, the metric
+    is reported as unavailable. ``folder``: a local folder of rendered evaluation objects
+    (``docs/evaluation_folder.md``) scored instead of procedural objects when set. ``grid_objects``:
+    objects shown in the report's image grids and turntables.
+    """
 
     heldout_objects: int = 8
-    draws: int = 1
+    draws: int = 2
+    novel_azimuths: int = 16
+    novel_elevations: tuple[float, ...] = (0.0, 20.0)
+    display_scale: int = 4
+    fog_band: float = 0.08
+    fit_objects: int = 8
+    fit_steps: int = 300
+    lpips_weights: str | None = None
+    clip_weights: str | None = None
+    folder: str | None = None
+    grid_objects: int = 4
+    batch_size: int = 8
 
     def __post_init__(self) -> None:
-        if self.heldout_objects < 1 or self.draws < 1:
-            raise ValueError("evaluation.heldout_objects and evaluation.draws must be >= 1")
+        object.__setattr__(self, "novel_elevations", tuple(float(e) for e in self.novel_elevations))
+        for name in ("heldout_objects", "draws", "novel_azimuths", "display_scale", "batch_size"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"evaluation.{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("fit_objects", "fit_steps", "grid_objects"):
+            if int(getattr(self, name)) < 0:
+                raise ValueError(f"evaluation.{name} must be >= 0, got {getattr(self, name)}")
+        if not self.novel_elevations or any(abs(e) >= 90 for e in self.novel_elevations):
+            raise ValueError(f"evaluation.novel_elevations must be angles in (-90, 90), got {self.novel_elevations}")
+        if not 0 < self.fog_band < 0.5:
+            raise ValueError(f"evaluation.fog_band must be a share of the image side in (0, 0.5), got {self.fog_band}")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["novel_elevations"] = list(self.novel_elevations)
+        return d
 
 
 @dataclass(frozen=True)
@@ -171,7 +208,8 @@ PROFILES: dict[str, Profile] = {
         teacher=TeacherSettings(kind="tiny", path=str(TINY_TEACHER_DIR), recipe="shipped"),
         # 1500 steps x batch 8 (docs/student.md)
         distill=DistillConfig(),
-        evaluation=EvaluationSettings(heldout_objects=8),
+        # 64 held-out objects x 2 draws, 16 azimuths x 2 elevations at 32 and 128 px (docs/evaluation.md)
+        evaluation=EvaluationSettings(heldout_objects=64, draws=2, fit_objects=16),
     ),
     "smoke": Profile(
         name="smoke",
@@ -195,7 +233,9 @@ PROFILES: dict[str, Profile] = {
             num_workers=0,
             shuffle_buffer=8,
         ),
-        evaluation=EvaluationSettings(heldout_objects=8),
+        evaluation=EvaluationSettings(
+            heldout_objects=2, draws=2, novel_azimuths=4, display_scale=2, fit_objects=1, fit_steps=5, grid_objects=2
+        ),
     ),
     "full": Profile(
         name="full",
@@ -245,7 +285,8 @@ PROFILES: dict[str, Profile] = {
             log_every=50,
             keep_checkpoints=3,
         ),
-        evaluation=EvaluationSettings(heldout_objects=8),
+        # 256 px teacher views: display at 2x (512 px); set evaluation.folder to score GSO-style renders
+        evaluation=EvaluationSettings(heldout_objects=32, draws=2, display_scale=2, fit_objects=4, fit_steps=500),
     ),
 }
 
@@ -266,6 +307,8 @@ def _changed(stage: str, base: Any, changes: Mapping[str, Any]) -> Any:
     changes = dict(changes)
     if stage == "rgba" and isinstance(changes.get("filters"), Mapping):
         changes["filters"] = dataclasses.replace(base.filters, **changes["filters"])
+    if stage == "evaluation" and "novel_elevations" in changes:
+        changes["novel_elevations"] = tuple(changes["novel_elevations"])
     if stage == "trajectories" and "record_steps" in changes:
         changes["record_steps"] = tuple(changes["record_steps"])
     return dataclasses.replace(base, **changes)

@@ -194,6 +194,15 @@ def _add_generate(sub) -> None:
 COMMANDS["generate"] = _add_generate
 
 
+def _add_eval(sub) -> None:
+    from .evaluate import add_eval
+
+    add_eval(sub)
+
+
+COMMANDS["eval"] = _add_eval
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = ArgumentParser(prog=PROG, description="DD3G: multi-view diffusion distilled into 3D Gaussians")
     sub = parser.add_subparsers(dest="command", metavar="{" + ",".join(COMMANDS) + "}", required=True)

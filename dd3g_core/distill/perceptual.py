@@ -73,8 +73,11 @@ class PerceptualLoss(nn.Module):
         return m.eval()
 
     def forward(self, x: Tensor, y: Tensor) -> Tensor:  # [N, 3, H, W] in [0, 1] x2 -> scalar
+        return self.distance(x, y).mean()
+
+    def distance(self, x: Tensor, y: Tensor) -> Tensor:  # [N, 3, H, W] in [0, 1] x2 -> [N]
         h = torch.cat([x, y]).sub(self.mean).div(self.std)
-        total = h.new_zeros(())
+        total = h.new_zeros(x.shape[0])
         k = 0
         for i, layer in enumerate(self.features):
             h = layer(h)
@@ -82,7 +85,7 @@ class PerceptualLoss(nn.Module):
                 fx, fy = h.chunk(2)
                 nx = fx / (fx.pow(2).sum(1, keepdim=True).sqrt() + 1e-10)
                 ny = fy / (fy.pow(2).sum(1, keepdim=True).sqrt() + 1e-10)
-                total = total + (self.lin[k] * (nx - ny).pow(2)).sum(1).mean()
+                total = total + (self.lin[k] * (nx - ny).pow(2)).sum(1).mean((1, 2))
                 k += 1
                 if k == len(TAPS):
                     break

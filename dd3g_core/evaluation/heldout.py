@@ -1,21 +1,18 @@
-"""Student evaluation on held-out procedural objects (DESIGN §5): teacher agreement, novel views
-against ground truth, diversity across noise draws.
+"""Held-out procedural objects and the cameras they are scored at (DESIGN §5).
 
-Data (``heldout_set``): the first ``n`` seeds of the ``heldout`` split, rendered as the teacher's
-training data (``teacher.data.render_example``): the 64 px RGBA input of the layout's input
-camera and the layout's views; plus ground truth at *novel* cameras the teacher never produces
-(azimuths 45/135/225/315 at elevation 0, and the layout azimuths at elevation 20), rendered the
-same way (2x supersampled, composited on the teacher's background, antialias-resized).
-Each object gets its noise N from ``trajectories.noise_seed(f"heldout-{seed}", draw)``: the same
-rule the trajectory cache uses, so a run is reproducible.
+``heldout_set(n, teacher, settings)``: the first ``n`` seeds of the ``heldout`` split (never seen by
+the teacher's or the student's training), each
 
-Numbers (PSNR in dB, per image then averaged):
+* its input II, rendered as the teacher's training data renders it (``teacher.training.data.
+  render_example``: straight RGBA at the input camera) and the ground truth at the teacher's own
+  cameras C (composited on the teacher's background, 2x supersampled);
+* the ground truth at *novel* cameras: ``novel_azimuths`` evenly spaced azimuths at each of
+  ``novel_elevations``, on the layout's orbit, as premultiplied RGB (= on black) and alpha, so it
+  can be composited on any background. Rendered once at the display resolution (``display_scale``
+  x the teacher's) and box-filtered down to the teacher's resolution (4x supersampled there).
 
-* ``student_vs_teacher`` — student renders at C vs the teacher's OI from the same N;
-* ``copy_input_vs_teacher`` — the input (composited, resized) copied to every view vs OI;
-* ``teacher_vs_gt`` / ``student_vs_gt`` at the layout views (seen = view 0, unseen = the rest);
-* ``student_novel_vs_gt`` — renders at the novel cameras;
-* ``student_diversity`` — PSNR between the student's renders for two noise draws (lower = more diverse).
+The noise of object ``seed`` and draw ``d`` is ``trajectories.noise_seed(f"heldout-{seed}", d)``:
+the trajectory cache's rule, so a run is reproducible and two runs score the same N.
 """
 
 from __future__ import annotations
@@ -23,59 +20,50 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from ..cameras import orbit_cameras
-from ..images import prepare_images, resize_square
-from .metrics import psnr, ssim
 
-__all__ = ["HeldoutSet", "heldout_set", "evaluate_student", "NOVEL_AZIMUTHS", "NOVEL_ELEVATION"]
+__all__ = ["HeldoutSet", "NovelCameras", "heldout_set", "novel_cameras", "heldout_noise", "layout_name"]
 
-NOVEL_AZIMUTHS = (45.0, 135.0, 225.0, 315.0)
-NOVEL_ELEVATION = 20.0
+
+@dataclass
+class NovelCameras:
+    azimuths_deg: Tensor  # [Vn]
+    elevations_deg: Tensor  # [Vn]
+    radius: float
+    fov_deg: float
+
+    def at(self, resolution: int) -> tuple[Tensor, Tensor]:  # viewmats [Vn, 4, 4], Ks [Vn, 3, 3]
+        return orbit_cameras(self.azimuths_deg, self.elevations_deg, self.radius, self.fov_deg, resolution, resolution)
+
+    @property
+    def num_views(self) -> int:
+        return int(self.azimuths_deg.numel())
 
 
 @dataclass
 class HeldoutSet:
     seeds: list[int]
-    inputs: Tensor  # [B, 4, 64, 64] uint8 RGBA
-    gt: Tensor  # [B, V, 3, R, R] layout views
-    novel_gt: Tensor  # [B, Vn, 3, R, R] novel views
-    novel_viewmats: Tensor  # [Vn, 4, 4]
-    novel_Ks: Tensor  # [Vn, 3, 3]
+    inputs: Tensor  # [B, 4, S, S] uint8 straight RGBA
+    layout_gt: Tensor  # [B, V, 3, R, R] uint8, on the teacher's background, at the teacher's cameras
+    novel: NovelCameras
+    novel_premul: dict[int, Tensor]  # {resolution: [B, Vn, 3, r, r] uint8 premultiplied (on black)}
+    novel_alpha: dict[int, Tensor]  # {resolution: [B, Vn, 1, r, r] uint8}
+
+    def __len__(self) -> int:
+        return len(self.seeds)
+
+    def novel_gt(self, resolution: int, index, background) -> tuple[Tensor, Tensor, Tensor]:
+        """(on ``background`` [b, Vn, 3, r, r], premultiplied, alpha [b, Vn, 1, r, r]) as floats in [0, 1]."""
+        premul = self.novel_premul[resolution][index].float() / 255.0
+        alpha = self.novel_alpha[resolution][index].float() / 255.0
+        bg = torch.as_tensor(background, dtype=torch.float32).reshape(1, 1, 3, 1, 1)
+        return (premul + bg * (1 - alpha)).clamp(0, 1), premul, alpha
 
 
-def _novel_cameras(layout, resolution: int) -> tuple[Tensor, Tensor]:
-    az = list(NOVEL_AZIMUTHS) + list(layout.azimuths_deg)
-    el = [layout.elevation_deg] * len(NOVEL_AZIMUTHS) + [layout.elevation_deg + NOVEL_ELEVATION] * layout.num_views
-    return orbit_cameras(torch.tensor(az), torch.tensor(el), layout.radius, layout.fov_deg, resolution, resolution)
-
-
-def heldout_set(n: int, teacher, num_gaussians: int = 3000, supersample: int = 2) -> HeldoutSet:
-    from ..render.views import render_views
-    from ..teacher.training.data import RenderSpec, render_example
-    from ..world import sample_object, split_seeds
-
-    layout = teacher.layout
-    spec = RenderSpec(layout=_layout_name(layout), background=tuple(teacher.background), num_gaussians=num_gaussians)
-    seeds = [int(s) for s in split_seeds("heldout", n)]
-    big = layout.resolution * supersample
-    vm_big, ks_big = _novel_cameras(layout, big)
-    bg = torch.tensor(teacher.background, dtype=torch.float32)
-    inputs, gts, novel = [], [], []
-    for s in seeds:
-        rgba, views = render_example(s, spec)
-        inputs.append(torch.from_numpy(rgba))
-        gts.append(torch.from_numpy(views).float() / 255.0)
-        g = sample_object(s, num_gaussians)
-        premul, alpha = render_views(g, vm_big, ks_big, big, background=None)
-        comp = (premul + bg.reshape(1, 1, 1, 3) * (1 - alpha)).clamp(0, 1).permute(0, 3, 1, 2)
-        novel.append((resize_square(comp, layout.resolution).clamp(0, 1) * 255).round() / 255.0)
-    vm, ks = _novel_cameras(layout, layout.resolution)
-    return HeldoutSet(seeds, torch.stack(inputs), torch.stack(gts), torch.stack(novel), vm, ks)
-
-
-def _layout_name(layout) -> str:
+def layout_name(layout) -> str:
     from ..cameras import LAYOUTS
 
     for name, lay in LAYOUTS.items():
@@ -84,58 +72,67 @@ def _layout_name(layout) -> str:
     raise ValueError(f"the teacher's layout {layout} is not a named layout")
 
 
-@torch.no_grad()
-def evaluate_student(
-    model, teacher, data: HeldoutSet, draws: int = 2, batch: int = 16, backend: str = "auto"
-) -> dict[str, float]:
-    from ..render import render
+def novel_cameras(layout, azimuths: int, elevations: tuple[float, ...]) -> NovelCameras:
+    """``azimuths`` evenly spaced azimuths (from the input view's) at each elevation (layout's + e)."""
+    az = torch.arange(azimuths, dtype=torch.float32) * (360.0 / azimuths) + float(layout.azimuths_deg[0])
+    az_all = az.repeat(len(elevations))
+    el_all = torch.tensor(elevations, dtype=torch.float32).repeat_interleave(azimuths) + float(layout.elevation_deg)
+    return NovelCameras(az_all, el_all, float(layout.radius), float(layout.fov_deg))
+
+
+def heldout_noise(teacher, seeds: list[int], draw: int) -> Tensor:  # [B, F, C, h, w]
     from ..trajectories import noise_seed
 
-    cams = teacher.cameras()
-    res = teacher.layout.resolution
-    bg = torch.tensor(teacher.background, dtype=torch.float32)
-    v = cams.num_views
-    rows: dict[str, list[Tensor]] = {}
+    return torch.cat([teacher.draw_noise(1, noise_seed(f"heldout-{s}", draw)) for s in seeds])
 
-    def add(name: str, x: Tensor) -> None:
-        rows.setdefault(name, []).append(x)
 
-    for s in range(0, len(data.seeds), batch):
-        sl = slice(s, s + batch)
-        inputs, gt, ngt = data.inputs[sl], data.gt[sl], data.novel_gt[sl]
-        cond = teacher.encode_condition(inputs)
-        copy = prepare_images(inputs, res, teacher.background)[:, None].expand(-1, v, -1, -1, -1)
-        renders = []
-        for d in range(draws):
-            noise = torch.cat([teacher.draw_noise(1, noise_seed(f"heldout-{seed}", d)) for seed in data.seeds[sl]])
-            oi = teacher.sample(cond, noise, cameras=cams).images
-            out = model(noise, cams.embedding, cond, inputs, cams.viewmats, cams.Ks, res)
-            r = render(out.gaussians, cams.viewmats, cams.Ks, res, res, background=bg, backend=backend)
-            pred = r.rgb.permute(0, 1, 4, 2, 3)
-            rn = render(out.gaussians, data.novel_viewmats, data.novel_Ks, res, res, background=bg, backend=backend)
-            pred_n = rn.rgb.permute(0, 1, 4, 2, 3)
-            renders.append(pred)
-            add("student_vs_teacher", psnr(pred, oi))
-            add("student_vs_teacher_ssim", ssim(pred, oi))
-            add("copy_input_vs_teacher", psnr(copy, oi))
-            add("teacher_vs_gt", psnr(oi, gt))
-            add("student_vs_gt", psnr(pred, gt))
-            add("copy_input_vs_gt", psnr(copy, gt))
-            add("student_novel_vs_gt", psnr(pred_n, ngt))
-            add("student_novel_vs_gt_ssim", ssim(pred_n, ngt))
-        if draws > 1:
-            add("student_diversity", psnr(renders[0], renders[1]))
-    cat = {k: torch.cat(x) for k, x in rows.items()}  # [B*draws, V]
-    nv = len(NOVEL_AZIMUTHS)
-    out: dict[str, float] = {}
-    for k, x in cat.items():
-        out[k] = x.mean().item()
-        if x.shape[1] == v and "ssim" not in k and k != "student_diversity":
-            out[k + "_seen"] = x[:, 0].mean().item()
-            out[k + "_unseen"] = x[:, 1:].mean().item()
-        if k == "student_novel_vs_gt":
-            out[k + "_el0"] = x[:, :nv].mean().item()
-            out[k + f"_el{int(NOVEL_ELEVATION)}"] = x[:, nv:].mean().item()
-    out["objects"] = float(len(data.seeds))
-    out["draws"] = float(draws)
-    return out
+def _to_uint8(x: Tensor) -> Tensor:
+    return (x.clamp(0, 1) * 255).round().to(torch.uint8)
+
+
+def heldout_set(
+    n: int,
+    teacher,
+    azimuths: int = 16,
+    elevations: tuple[float, ...] = (0.0, 20.0),
+    display_scale: int = 4,
+    num_gaussians: int = 3000,
+) -> HeldoutSet:
+    from ..render.views import render_views
+    from ..teacher.training.data import RenderSpec, render_example
+    from ..world import sample_object, split_seeds
+
+    layout = teacher.layout
+    res = layout.resolution
+    display = res * display_scale
+    spec = RenderSpec(
+        layout=layout_name(layout),
+        background=tuple(teacher.background),
+        num_gaussians=num_gaussians,
+        input_resolution=max(64, res),
+    )
+    novel = novel_cameras(layout, azimuths, elevations)
+    vm, ks = novel.at(display)
+    seeds = [int(s) for s in split_seeds("heldout", n)]
+    inputs, layout_gt, premuls, alphas = [], [], [], []
+    for s in seeds:
+        rgba, views = render_example(s, spec)
+        inputs.append(torch.from_numpy(rgba))
+        layout_gt.append(torch.from_numpy(views))
+        premul, alpha = render_views(sample_object(s, num_gaussians), vm, ks, display, background=None)
+        premuls.append(premul.permute(0, 3, 1, 2))  # [Vn, 3, D, D] float
+        alphas.append(alpha.permute(0, 3, 1, 2))
+    premul, alpha = torch.stack(premuls), torch.stack(alphas)  # [B, Vn, c, D, D]
+    k = display // res  # box filter = exact average of the supersampled pixels
+
+    def down(x: Tensor) -> Tensor:
+        return F.avg_pool2d(x.flatten(0, 1), k).reshape(*x.shape[:3], res, res)
+
+    return HeldoutSet(
+        seeds=seeds,
+        inputs=torch.stack(inputs),
+        layout_gt=torch.stack(layout_gt),
+        novel=novel,
+        novel_premul={display: _to_uint8(premul), res: _to_uint8(down(premul))},
+        novel_alpha={display: _to_uint8(alpha), res: _to_uint8(down(alpha))},
+    )

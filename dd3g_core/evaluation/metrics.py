@@ -1,11 +1,29 @@
-"""Image metrics shared by the evaluation and the benchmarks (views as ``[B, V, 3, H, W]`` in [0, 1])."""
+"""Image metrics of the evaluation and the benchmarks (views as ``[B, V, 3, H, W]`` in [0, 1]).
+
+Every function returns one value per image (``[B, V]``), so a caller can report non-finite
+objects one by one instead of averaging them away.
+
+* :func:`psnr`, :func:`ssim` (torchmetrics, Gaussian window 11, sigma 1.5), :class:`Lpips` (VGG16
+  LPIPS from local weights only: without its learned ``lin*`` weights it is not LPIPS, and the
+  evaluation reports it as unavailable rather than a look-alike number);
+* :func:`foreground_iou`: silhouettes thresholded at alpha 0.5;
+* :func:`fog`: what a render shows *around* the object, in a band of ``band_px`` pixels outside
+  the ground truth's silhouette where the ground truth is empty: the mean alpha there, and the
+  mean brightness of the render composited on black there (white fog that hides on a white
+  background shows on black).
+"""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["psnr", "ssim"]
+__all__ = ["psnr", "ssim", "foreground_iou", "fog", "fog_band", "Lpips", "lpips_or_none"]
+
+EMPTY_ALPHA = 1.0 / 255.0  # ground-truth alpha below this is "nothing there"
 
 
 def psnr(pred: Tensor, gt: Tensor) -> Tensor:  # [B, V, 3, H, W] x2 -> [B, V] dB (data range 1)
@@ -28,3 +46,69 @@ def ssim(pred: Tensor, gt: Tensor) -> Tensor:  # [B, V, 3, H, W] x2 -> [B, V]
         reduction="none",
     )
     return s.float().reshape(b, v)
+
+
+def foreground_iou(alpha: Tensor, gt_alpha: Tensor, threshold: float = 0.5) -> Tensor:
+    """[B, V, 1, H, W] x2 -> [B, V]: IoU of the silhouettes (1 when both are empty)."""
+    a, g = alpha > threshold, gt_alpha > threshold
+    inter = (a & g).flatten(2).sum(-1).float()
+    union = (a | g).flatten(2).sum(-1).float()
+    return torch.where(union > 0, inter / union.clamp_min(1), torch.ones_like(union))
+
+
+def fog_band(gt_alpha: Tensor, band_px: int) -> Tensor:  # [B, V, 1, H, W] -> bool, same shape
+    """Pixels within ``band_px`` of the ground truth's silhouette where the ground truth is empty."""
+    b, v = gt_alpha.shape[:2]
+    occupied = (gt_alpha > EMPTY_ALPHA).float().flatten(0, 1)
+    near = F.max_pool2d(occupied, 2 * band_px + 1, stride=1, padding=band_px) > 0
+    return (near & (occupied == 0)).reshape(gt_alpha.shape)
+
+
+def fog(alpha: Tensor, premultiplied: Tensor, gt_alpha: Tensor, band_px: int) -> dict[str, Tensor]:
+    """alpha [B, V, 1, H, W], premultiplied rgb (= the render on black) [B, V, 3, H, W], gt alpha ->
+    ``{"fog_alpha": [B, V], "fog_black": [B, V]}`` (means over the band; 0 where there is no band)."""
+    band = fog_band(gt_alpha, band_px)
+    n = band.flatten(2).sum(-1).clamp_min(1).float()
+    fog_alpha = (alpha * band).flatten(2).sum(-1) / n
+    brightness = premultiplied.mean(2, keepdim=True)  # on black the colour is the premultiplied one
+    fog_black = (brightness * band).flatten(2).sum(-1) / n
+    return {"fog_alpha": fog_alpha, "fog_black": fog_black}
+
+
+class Lpips:
+    """LPIPS (VGG16 variant, Zhang et al. 2018) from a local safetensors file with torchvision's VGG16
+    ``features.*`` and LPIPS's ``lin0..4.weight``; see :mod:`dd3g_core.distill.perceptual`."""
+
+    def __init__(self, path: str | Path, device: str | torch.device = "cpu"):
+        from safetensors import safe_open
+
+        from ..distill.perceptual import PerceptualLoss
+
+        path = Path(path)
+        with safe_open(str(path), framework="pt") as f:
+            keys = set(f.keys())
+        missing = [f"lin{k}.weight" for k in range(5) if f"lin{k}.weight" not in keys]
+        if missing:
+            raise ValueError(
+                f"{path} has VGG16 features but not LPIPS's learned weights {missing}: without them the distance "
+                f"is not LPIPS (add them from the lpips package's vgg.pth, converted to safetensors)"
+            )
+        self.net = PerceptualLoss.from_file(path).to(device).eval()
+        self.name = f"LPIPS-VGG16 ({path.name})"
+
+    @torch.no_grad()
+    def __call__(self, pred: Tensor, gt: Tensor) -> Tensor:  # [B, V, 3, H, W] x2 -> [B, V]
+        b, v = pred.shape[:2]
+        dev = next(self.net.parameters()).device
+        d = self.net.distance(pred.flatten(0, 1).clamp(0, 1).to(dev), gt.flatten(0, 1).to(dev))
+        return d.float().cpu().reshape(b, v)
+
+
+def lpips_or_none(path: str | None, device: str | torch.device = "cpu") -> tuple[Lpips | None, str]:
+    """(the metric, its name) or (None, why it is unavailable)."""
+    if not path:
+        return None, "unavailable: no local LPIPS weights (evaluation.lpips_weights)"
+    if not Path(path).is_file():
+        return None, f"unavailable: {path} does not exist"
+    metric = Lpips(path, device)
+    return metric, metric.name
