@@ -102,6 +102,26 @@ def _table(result: dict, refs) -> str:
     return "\n".join(lines)
 
 
+def _delta_table(result: dict, refs) -> str:
+    """Every other student (e.g. an ablation) minus the first row, on the table's columns."""
+    r, d = _resolutions(refs)
+    students = [m for m in result["methods"] if m.kind == "student"]
+    if len(students) < 2:
+        return ""
+    cols = [(k.format(r=r, d=d), t.format(r=r, d=d), f) for k, t, f in TABLE_COLUMNS]
+    base = result["summaries"][students[0].name]
+    head = ["method minus " + students[0].name, *(t for _, t, _ in cols)]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for m in students[1:]:
+        s = result["summaries"][m.name]
+        row = [m.name]
+        for k, _, f in cols:
+            a, b = s.get(k), base.get(k)
+            row.append("—" if a is None or b is None or math.isnan(a - b) else ("{:+" + f[2:]).format(a - b))
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
 def _stats_table(result: dict) -> str:
     keys = [
         ("opacity_median", "{:.3f}"),
@@ -211,6 +231,7 @@ def write_report(result: dict, refs, settings, teacher, out_dir: str | Path, hea
     out.mkdir(parents=True, exist_ok=True)
     r, d = _resolutions(refs)
     images = _pictures(result, refs, list(teacher.layout.azimuths_deg), out)
+    main = result["methods"][0]
     metrics = {
         "header": header,
         "resolutions": {"teacher": r, "display": d},
@@ -224,9 +245,17 @@ def write_report(result: dict, refs, settings, teacher, out_dir: str | Path, hea
         },
         "references": {k: v for k, v in refs.meta.items() if k not in ("seeds",)},
         "images": images,
+        "deltas": {
+            m.name: {
+                k: result["summaries"][m.name][k] - result["summaries"][main.name].get(k, math.nan)
+                for k in result["summaries"][m.name]
+                if isinstance(result["summaries"][m.name][k], float)
+            }
+            for m in result["methods"][1:]
+            if m.kind == "student"
+        },
     }
     atomic_write_json(out / "metrics.json", _finite_json(metrics))
-    main = result["methods"][0]
     lines = [
         f"# Evaluation of {main.name}",
         "",
@@ -246,6 +275,16 @@ def write_report(result: dict, refs, settings, teacher, out_dir: str | Path, hea
         f"Teacher row: {result['methods'][-2].info.get('note', '')}.",
         "",
     ]
+    deltas = _delta_table(result, refs)
+    if deltas:
+        lines += [
+            "## Ablations: difference to the full method",
+            "",
+            deltas,
+            "",
+            "Higher is better for every column but LPIPS, fog and diversity (lower = more diverse).",
+            "",
+        ]
     if result.get("on_fit_subset"):
         fit = result["summaries"].get("fit ceiling", {})
         lines += ["## Against the per-sample fit ceiling", ""]
@@ -266,7 +305,14 @@ def write_report(result: dict, refs, settings, teacher, out_dir: str | Path, hea
         lines += ["## Non-finite scores (per object, excluded from the means above)", ""]
         lines += [f"- {name}: {v}" for name, v in bad.items()] + [""]
     if images:
-        lines += ["## Pictures", ""]
+        lines += [
+            "## Pictures",
+            "",
+            f"compare_*: per object, input | ground truth | teacher (upsampled from {r} px) | "
+            f"student, at two of the teacher's unseen azimuths, {d} px. sides_*: ground truth above the student "
+            "at 8 azimuths. turntable_*: ground truth | student on white, then on black.",
+            "",
+        ]
         lines += [f"![{n}]({n})" for n in images] + [""]
     atomic_write_bytes(out / "report.md", "\n".join(lines).encode())
     return metrics

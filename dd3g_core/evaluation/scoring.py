@@ -155,11 +155,14 @@ def score_gaussians(
     bg = torch.tensor(refs.meta["background"], dtype=torch.float32)
     scores = MethodScores(name, kind, refs.data.seeds[:objects])
     kept: list[Gaussians] = []
+    broken = torch.zeros(objects, dtype=torch.bool)
     for start in range(0, objects, settings.batch_size):
         sl = slice(start, min(start + settings.batch_size, objects))
         at_c = []
         for draw in range(draws):
-            g = predict(sl, draw)
+            raw = predict(sl, draw)
+            g, bad = _sanitize(raw)
+            broken[sl] |= bad
             b, dev = g.means.shape[0], g.means.device
             out = render(
                 g,
@@ -174,7 +177,7 @@ def score_gaussians(
             _at_teacher_cameras(scores, pred, refs.oi(draw, sl), refs, sl)
             at_c.append(pred)
             if draw == 0:
-                kept.append(g.to("cpu"))
+                kept.append(raw.to("cpu"))
                 for r in sorted(refs.data.novel_premul):
                     premul, alpha = _render_novel(g, refs, r, backend)
                     score_images_novel(scores, premul, alpha, refs, sl, r, settings, lpips)
@@ -188,11 +191,30 @@ def score_gaussians(
     for k in ("agree_seen", "agree_unseen", "agree_seen_ssim", "agree_unseen_ssim", "gt_seen", "gt_unseen"):
         if k in scores.per_object:
             scores.per_object[k] = _mean_over_draws(scores.per_object[k], objects, draws, settings.batch_size)
+    for k, v in scores.per_object.items():  # a broken object scores NaN: reported per object by summarize
+        v[broken] = math.nan
+    scores.info["nonfinite_objects"] = [scores.seeds[i] for i in broken.nonzero().flatten().tolist()]
     _finish_gallery(scores)
     lay = teacher.layout
     g_all = Gaussians(**{k: torch.cat([getattr(g, k) for g in kept]) for k in GAUSSIAN_FIELDS})
     scores.stats = gaussian_statistics(g_all, lay.radius, lay.fov_deg, res, max(refs.data.novel_premul))
     return scores
+
+
+def _sanitize(g: Gaussians) -> tuple[Gaussians, Tensor]:
+    """(Gaussians with every non-finite object replaced by an invisible one, bad [b] bool): the renderer
+    refuses NaN, and one broken object must not hide the others' scores."""
+    bad = torch.zeros(g.means.shape[0], dtype=torch.bool, device=g.means.device)
+    for k in GAUSSIAN_FIELDS:
+        bad |= ~torch.isfinite(getattr(g, k)).flatten(1).all(1)
+    if not bad.any():
+        return g, bad.cpu()
+    fields = {k: getattr(g, k).clone() for k in GAUSSIAN_FIELDS}
+    for k, v in fields.items():
+        v[bad] = 0.0
+    fields["quats"][bad] = torch.tensor([1.0, 0.0, 0.0, 0.0], device=g.means.device)
+    fields["opacity_logits"][bad] = -30.0
+    return Gaussians(**fields), bad.cpu()
 
 
 def _mean_over_draws(x: Tensor, objects: int, draws: int, batch: int) -> Tensor:
