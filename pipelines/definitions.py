@@ -9,7 +9,7 @@ from __future__ import annotations
 import dagster as dg
 
 from .assets import ALL_ASSETS
-from .checks import student_checks
+from .checks import evaluation_checks, student_checks
 from .io_managers import StageRecordIOManager
 from .jobs import ALL_JOBS
 from .resources import DD3GSettings
@@ -18,7 +18,7 @@ settings = DD3GSettings()
 
 defs = dg.Definitions(
     assets=ALL_ASSETS,
-    asset_checks=[student_checks],
+    asset_checks=[student_checks, evaluation_checks],
     jobs=ALL_JOBS,
     resources={
         "settings": settings,

@@ -38,6 +38,9 @@ REQUIRED_FIELDS = {  # what downstream stages read from each asset's record
     "teacher": ("path", "kind", "content_hash"),
     "teacher_trajectories": ("path", "content_hash"),
     "pepd_student": ("path", "run_dir", "trajectories", "weights_sha256", "version"),
+    "student_ablations": ("path", "run_dir", "trajectories", "weights_sha256", "version", "ablation"),
+    "evaluation_references": ("version",),  # path is empty when evaluation.folder replaces them
+    "evaluation": ("path", "version"),
 }
 
 

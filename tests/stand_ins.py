@@ -277,3 +277,38 @@ def write_tiny_imagedream(root: Path, vae_factor: int = 4, latent: int = 16) -> 
         )
     )
     return root
+
+
+def write_eval_folder(root: Path, seeds=(21, 22), side: int = 64, azimuths=(0.0, 90.0, 180.0, 270.0)) -> Path:
+    """A GSO-style evaluation folder (docs/evaluation_folder.md) of procedural objects: RGBA input at the
+    input camera, RGBA views at ``azimuths`` (elevation 0) given by angles, on the layout's orbit."""
+    import numpy as np
+    from PIL import Image
+
+    from dd3g_core.render.views import render_rgba
+    from dd3g_core.world import sample_object
+
+    for seed in seeds:
+        g = sample_object(seed, 800)
+        folder = root / f"object_{seed}"
+        (folder / "views").mkdir(parents=True)
+        Image.fromarray(render_rgba(g, 0.0, 0.0, 1.5, 49.1, side)).save(folder / "input.png")
+        views = []
+        for i, az in enumerate(azimuths):
+            Image.fromarray(np.asarray(render_rgba(g, az, 0.0, 1.5, 49.1, side))).save(folder / f"views/{i:03d}.png")
+            views.append({"file": f"views/{i:03d}.png", "azimuth_deg": az, "elevation_deg": 0.0})
+        (folder / "cameras.json").write_text(json.dumps({"fov_deg": 49.1, "radius": 1.5, "views": views}))
+    return root
+
+
+def write_tiny_clip(path: Path) -> Path:
+    """A random CLIP (transformers) folder at toy sizes, safetensors + image processor config."""
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
+
+    small = dict(hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=2)
+    text = dict(small, vocab_size=99, max_position_embeddings=16, bos_token_id=0, eos_token_id=1, pad_token_id=1)
+    config = CLIPConfig(text_config=text, vision_config=dict(small, image_size=32, patch_size=8), projection_dim=16)
+    torch.manual_seed(0)
+    CLIPModel(config).eval().save_pretrained(path)
+    CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(path)
+    return path

@@ -7,6 +7,7 @@ shipped checkpoint. The full profile on CPU stand-ins is ``tests/test_pipeline_f
 """
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -54,7 +55,10 @@ def materialization(result, node, partition=None):
 def test_definitions_load_and_distill_job_covers_all_partitions():
     job = defs.resolve_job_def("distill")
     keys = {k.to_user_string() for k in defs.resolve_asset_graph().get_all_asset_keys()}
-    assert keys == {"rgba_images", "teacher", "teacher_trajectories", "pepd_student"}
+    assert keys == {a.key.to_user_string() for a in ALL_ASSETS}
+    in_job = {k.to_user_string() for k in job.asset_layer.selected_asset_keys} if hasattr(job, "asset_layer") else None
+    if in_job is not None:  # the recipe and its evaluation; the ablations run on demand (their own job)
+        assert in_job == keys - {"student_ablations", "ablation_evaluation"}
     pkeys = job.partitions_def.get_partition_keys()
     assert pkeys == shard_partition_keys(os.environ.get("DD3G_PROFILE", "tiny"))
     assert job.tags["dagster/asset_partition_range_start"] == pkeys[0]
@@ -69,6 +73,9 @@ def test_definitions_load_and_distill_job_covers_all_partitions():
     assert parents("teacher_trajectories") == {"rgba_images", "teacher"}
     assert parents("pepd_student") == {"teacher_trajectories", "teacher"}
     assert parents("teacher") == set() and parents("rgba_images") == set()
+    assert parents("evaluation_references") == {"teacher", "pepd_student"}
+    assert parents("evaluation") == {"pepd_student", "teacher", "evaluation_references"}
+    assert parents("ablation_evaluation") == {"student_ablations", "pepd_student", "teacher", "evaluation_references"}
     checks = {k.name for k in defs.resolve_asset_graph().asset_check_keys}
     assert {
         "shards_match_manifest",
@@ -76,7 +83,9 @@ def test_definitions_load_and_distill_job_covers_all_partitions():
         "counts_match_manifest",
         "finite_and_shaped",
         "student_renders_finite",
+        "evaluation_complete",
         "student_beats_copy_input",
+        "student_is_not_fog",
     } <= checks
 
 
@@ -266,19 +275,39 @@ def test_distill_job_runs_from_the_dagster_cli(tmp_path):
             run_config = json.loads((Path(meta["run_dir"].value) / "distill_config.json").read_text())
             assert run_config["teacher"] == str(trained)  # the folder the teacher asset recorded
             checks = {
-                name: instance.event_log_storage.get_latest_asset_check_execution_by_key(
-                    [dg.AssetCheckKey(dg.AssetKey("pepd_student"), name)]
+                (asset, name): instance.event_log_storage.get_latest_asset_check_execution_by_key(
+                    [dg.AssetCheckKey(dg.AssetKey(asset), name)]
                 )
-                for name in ("student_renders_finite", "student_beats_copy_input")
+                for asset, name in (
+                    ("pepd_student", "student_renders_finite"),
+                    ("evaluation", "evaluation_complete"),
+                    ("evaluation", "student_beats_copy_input"),
+                    ("evaluation", "student_is_not_fog"),
+                )
             }
-            for name, by_key in checks.items():
+            for (_asset, name), by_key in checks.items():
                 record = next(iter(by_key.values()))
                 evaluation = record.event.dagster_event.event_specific_data
                 assert evaluation.check_name == name
-                if name == "student_renders_finite":
-                    assert evaluation.passed
-                else:  # a seconds-trained smoke teacher: only that it ran and reported its numbers
-                    assert "student_vs_teacher" in evaluation.metadata
+                if name in ("student_renders_finite", "evaluation_complete"):
+                    assert evaluation.passed, evaluation.metadata
+                # the rest: a seconds-trained smoke teacher, only that they ran and reported their numbers
+            assert (
+                "agree_unseen_minus_copy_input_db"
+                in checks[("evaluation", "student_beats_copy_input")][
+                    next(iter(checks[("evaluation", "student_beats_copy_input")]))
+                ].event.dagster_event.event_specific_data.metadata
+            )
+            # the evaluation stage: versioned folder, every file, finite numbers, numeric metadata in the UI
+            ev = instance.get_latest_materialization_event(dg.AssetKey("evaluation")).asset_materialization
+            out = Path(ev.metadata["report"].value).parent
+            assert out.parent.name == "evaluation" and out.name == ev.metadata["version"].value
+            metrics = json.loads((out / "metrics.json").read_text())
+            assert metrics["images"] and all((out / n).is_file() for n in metrics["images"])
+            assert all(isinstance(v, float) and math.isfinite(v) for v in metrics["headline"].values())
+            assert isinstance(ev.metadata["agree_unseen"], dg.FloatMetadataValue)
+            assert "data:image/png;base64," in ev.metadata["report_preview"].value
+            assert {"student", "fit ceiling", "teacher (OI)", "copy-input"} == set(metrics["summaries"])
     finally:
         if old_home is None:
             os.environ.pop("DAGSTER_HOME", None)
@@ -292,6 +321,10 @@ def test_all_assets_are_in_the_graph():
         "teacher",
         "teacher_trajectories",
         "pepd_student",
+        "evaluation_references",
+        "evaluation",
+        "student_ablations",
+        "ablation_evaluation",
     }
 
 

@@ -14,6 +14,7 @@ code, configs classes and code paths a GPU user runs.
 """
 
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -26,7 +27,7 @@ import pytest
 
 from dd3g_core.shards import iter_samples, validate_shards
 
-from stand_ins import build_disc_onnx, build_tiny_sdxl, write_tiny_imagedream
+from stand_ins import build_disc_onnx, build_tiny_sdxl, write_eval_folder, write_tiny_clip, write_tiny_imagedream
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -62,7 +63,7 @@ SMALL_FULL = {
             "gaussian_grid": 2,
         },
     },
-    "evaluation": {"heldout_objects": 1},
+    "evaluation": {"grid_objects": 2},  # + "folder" and "clip_weights": the stand-in GSO-style folder and CLIP
 }
 
 
@@ -74,12 +75,19 @@ def stand_ins(tmp_path_factory):
         "sdxl": build_tiny_sdxl(root / "sdxl_src", plain=True),
         "rembg": build_disc_onnx(root / "rembg" / "disc-u2net.onnx"),
         "imagedream": write_tiny_imagedream(root / "id" / "imagedream-ipmv-diffusers", vae_factor=8, latent=32),
+        "eval_folder": write_eval_folder(root / "gso"),
+        "clip": write_tiny_clip(root / "clip"),
     }
 
 
 def run_distill(tmp_path: Path, stand_ins: dict, teacher: Path) -> subprocess.CompletedProcess:
     profile = tmp_path / "small_full.json"
-    profile.write_text(json.dumps(SMALL_FULL))
+    evaluation = {
+        **SMALL_FULL["evaluation"],
+        "folder": str(stand_ins["eval_folder"]),
+        "clip_weights": str(stand_ins["clip"]),
+    }
+    profile.write_text(json.dumps({**SMALL_FULL, "evaluation": evaluation}))
     home = tmp_path / "dagster_home"
     home.mkdir(exist_ok=True)
     env = dict(
@@ -137,6 +145,16 @@ def test_full_profile_distill_job_on_cpu_stand_ins(tmp_path, stand_ins):
             [dg.AssetCheckKey(dg.AssetKey("pepd_student"), "student_renders_finite")]
         )
         assert next(iter(finite.values())).event.dagster_event.event_specific_data.passed
+        # the evaluation stage on the user's folder of rendered objects, with CLIP from local weights
+        ev = latest(instance, "evaluation")
+        metrics = json.loads((Path(ev.metadata["report"].value).parent / "metrics.json").read_text())
+        assert metrics["mode"] == "folder" and len(metrics["per_object"]) == 2 and not metrics["rejects"]
+        assert all(math.isfinite(metrics["means"][k]) for k in ("psnr", "ssim", "iou", "fog_alpha", "clip"))
+        assert "CLIP vision" in metrics["CLIP"] and "unavailable" in metrics["LPIPS"]
+        complete = instance.event_log_storage.get_latest_asset_check_execution_by_key(
+            [dg.AssetCheckKey(dg.AssetKey("evaluation"), "evaluation_complete")]
+        )
+        assert next(iter(complete.values())).event.dagster_event.event_specific_data.passed
 
     # Bad input: the same data root, now with a partial ImageDream folder. The teacher asset fails first,
     # naming the missing file and how to get it; nothing downstream runs and no earlier output changes.

@@ -38,7 +38,7 @@ from dd3g_core.shards import encode_field, iter_samples, read_manifest, validate
 from dd3g_core.synthesis.stage import SynthesisBackends
 from dd3g_core.teacher import TinyTeacher
 from pipelines.assets import rgba_images, teacher, teacher_trajectories
-from pipelines.checks import RGBA_CHECKS, TRAJECTORY_CHECKS, student_checks
+from pipelines.checks import RGBA_CHECKS, TRAJECTORY_CHECKS, evaluation_checks, student_checks
 from pipelines.checks.trajectories import check_trajectory_shard
 from pipelines.io_managers import StageRecordIOManager
 from pipelines.partitions import shard_partition_keys
@@ -253,13 +253,16 @@ def test_an_rgba_partition_rejecting_more_than_its_limit_fails_unpublished(tmp_p
 def test_data_guarding_checks_are_blocking():
     blocking = {s.name: s.blocking for s in RGBA_CHECKS + TRAJECTORY_CHECKS}
     blocking.update({s.key.name: s.blocking for s in student_checks.check_specs})
+    blocking.update({s.key.name: s.blocking for s in evaluation_checks.check_specs})
     assert blocking == {
         "shards_match_manifest": True,
         "alpha_coverage_in_range": False,  # a distribution warning: the filters already bound each image
         "counts_match_manifest": True,
         "finite_and_shaped": True,
         "student_renders_finite": True,
+        "evaluation_complete": True,  # a broken evaluation must not look done
         "student_beats_copy_input": False,
+        "student_is_not_fog": False,
     }
 
 

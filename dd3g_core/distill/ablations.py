@@ -1,13 +1,13 @@
 """The paper's ablations of DD3G as changes of one :class:`DistillConfig` (same data, same budget).
 
-=================  ===================================================================  =============
-name               what is removed                                                      change
-=================  ===================================================================  =============
-``no_noise``       the noise input N: phase 1 sees zeros, one output per image          ``model_overrides.noise_input = false``
-``no_implicit``    implicit verification (the SDS term through the teacher)              ``implicit_weight = 0``
-``single_head``    progressive decoding: every head reads the last block                ``mu_block = shape_block = depth``
-``scratch``        phase 1 from the teacher's weights: random initialisation            ``init = "scratch"``
-=================  ===================================================================  =============
+=================  =============================================================  ===============================
+name               what is removed                                                change
+=================  =============================================================  ===============================
+``no_noise``       the noise input N: phase 1 sees zeros, one output per image    ``noise_input = false``
+``no_implicit``    implicit verification (the SDS term through the teacher)       ``implicit_weight = 0``
+``single_head``    progressive decoding: every head reads the last block          ``mu_block = shape_block = depth``
+``scratch``        phase 1 from the teacher's weights: random initialisation      ``init = "scratch"``
+=================  =============================================================  ===============================
 
 Every other field (steps, batch, learning rate, trajectories) is the base config's, so a variant's
 numbers differ from the full method's only by what it removes. The Dagster ``student_ablations`` asset

@@ -191,7 +191,7 @@ def score_gaussians(
     for k in ("agree_seen", "agree_unseen", "agree_seen_ssim", "agree_unseen_ssim", "gt_seen", "gt_unseen"):
         if k in scores.per_object:
             scores.per_object[k] = _mean_over_draws(scores.per_object[k], objects, draws, settings.batch_size)
-    for k, v in scores.per_object.items():  # a broken object scores NaN: reported per object by summarize
+    for v in scores.per_object.values():  # a broken object scores NaN: reported per object by summarize
         v[broken] = math.nan
     scores.info["nonfinite_objects"] = [scores.seeds[i] for i in broken.nonzero().flatten().tolist()]
     _finish_gallery(scores)
@@ -210,7 +210,7 @@ def _sanitize(g: Gaussians) -> tuple[Gaussians, Tensor]:
     if not bad.any():
         return g, bad.cpu()
     fields = {k: getattr(g, k).clone() for k in GAUSSIAN_FIELDS}
-    for k, v in fields.items():
+    for v in fields.values():
         v[bad] = 0.0
     fields["quats"][bad] = torch.tensor([1.0, 0.0, 0.0, 0.0], device=g.means.device)
     fields["opacity_logits"][bad] = -30.0

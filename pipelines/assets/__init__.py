@@ -1,10 +1,32 @@
-"""One module per stage: rgba_images -> teacher -> teacher_trajectories -> pepd_student."""
+"""One module per stage: rgba_images -> teacher -> teacher_trajectories -> pepd_student -> evaluation_references ->
+evaluation; the ablation study (student_ablations -> ablation_evaluation) on demand."""
 
+from .ablations import student_ablations
+from .evaluation import ablation_evaluation, evaluation, evaluation_references
 from .rgba import rgba_images
 from .student import pepd_student
 from .teacher import teacher
 from .trajectories import teacher_trajectories
 
-ALL_ASSETS = [rgba_images, teacher, teacher_trajectories, pepd_student]
+ALL_ASSETS = [
+    rgba_images,
+    teacher,
+    teacher_trajectories,
+    pepd_student,
+    evaluation_references,
+    evaluation,
+    student_ablations,
+    ablation_evaluation,
+]
 
-__all__ = ["ALL_ASSETS", "rgba_images", "teacher", "teacher_trajectories", "pepd_student"]
+__all__ = [
+    "ALL_ASSETS",
+    "rgba_images",
+    "teacher",
+    "teacher_trajectories",
+    "pepd_student",
+    "evaluation_references",
+    "evaluation",
+    "student_ablations",
+    "ablation_evaluation",
+]

@@ -15,15 +15,13 @@ set (full profile: rendered objects of your own, docs/evaluation_folder.md) the 
 that folder instead. Checks: :mod:`pipelines.checks.evaluation`.
 """
 
-from __future__ import annotations
-
 import base64
 import json
 from pathlib import Path
 
 import dagster as dg
 
-from dd3g_core.io import atomic_directory, stable_hash
+from dd3g_core.io import atomic_directory, stable_hash, tree_sha256
 
 from ..resources import DD3GSettings
 
@@ -84,6 +82,20 @@ def evaluation_references(
 
     s = settings.profile_config().evaluation
     num_gaussians = PEPD.read_config(pepd_student["path"])[0].num_gaussians
+    if s.folder:  # the student is scored on the user's folder: no procedural references to make
+        context.log.info(f"evaluation.folder is set ({s.folder}): no procedural references")
+        if not Path(s.folder).is_dir():
+            raise FileNotFoundError(
+                f"evaluation.folder {s.folder} does not exist: a folder of rendered objects "
+                f"(docs/evaluation_folder.md), or leave evaluation.folder empty for the held-out procedural objects"
+            )
+        content = tree_sha256(s.folder, settings.root() / ".records" / "evaluation_folder_hashes.json")
+        version = stable_hash({"folder": content["sha256"], "num_gaussians": num_gaussians}, length=16)
+        return dg.MaterializeResult(
+            value={"path": "", "version": version, "num_gaussians": num_gaussians, "folder": s.folder},
+            metadata={"folder": dg.MetadataValue.path(s.folder)},
+            data_version=dg.DataVersion(version),
+        )
     version = references_version(teacher["content_hash"], s, num_gaussians)
     out = settings.root() / "evaluation_references" / version
     meta_path = out / "references.json"
@@ -173,4 +185,61 @@ def evaluation(
         value=record,
         metadata={**evaluation_metadata(out, metrics), "version": version},
         data_version=dg.DataVersion(version),
+    )
+
+
+@dg.asset(
+    ins={
+        "student_ablations": dg.AssetIn(partition_mapping=dg.AllPartitionMapping()),
+        "pepd_student": dg.AssetIn(),
+        "teacher": dg.AssetIn(),
+        "evaluation_references": dg.AssetIn(),
+    },
+    code_version=CODE_VERSION,
+    group_name="ablations",
+    kinds={"pytorch"},
+    description="The paper's ablation table: the full method and every ablation student scored by the same "
+    "evaluation against the same references, with the differences to the full method.",
+)
+def ablation_evaluation(
+    context: dg.AssetExecutionContext,
+    settings: DD3GSettings,
+    student_ablations: dict,
+    pepd_student: dict,
+    teacher: dict,
+    evaluation_references: dict,
+) -> dg.MaterializeResult:
+    s = settings.profile_config().evaluation
+    checkpoints = {"full method": pepd_student["path"]}
+    checkpoints.update({name: record["path"] for name, record in sorted(student_ablations.items())})
+    weights = [
+        pepd_student["weights_sha256"],
+        *(student_ablations[k]["weights_sha256"] for k in sorted(student_ablations)),
+    ]
+    version = stable_hash(
+        {
+            "code": CODE_VERSION,
+            "students": weights,
+            "references": evaluation_references["version"],
+            "settings": s.to_dict(),
+        },
+        length=16,
+    )
+    out = settings.root() / "ablation_evaluation" / version
+    metrics = run_evaluation(
+        context,
+        settings,
+        teacher,
+        evaluation_references,
+        checkpoints,
+        out,
+        {"ablations": ", ".join(sorted(student_ablations))},
+    )
+    meta = {**evaluation_metadata(out, metrics), "version": version}
+    for name, deltas in (metrics.get("deltas") or {}).items():
+        for key in ("agree_unseen", "psnr@" + str((metrics.get("resolutions") or {}).get("display"))):
+            if isinstance(deltas.get(key), float):
+                meta[f"{name}_minus_full_{key.replace('@', '_')}"] = dg.MetadataValue.float(deltas[key])
+    return dg.MaterializeResult(
+        value={"path": str(out), "version": version}, metadata=meta, data_version=dg.DataVersion(version)
     )

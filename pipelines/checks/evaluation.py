@@ -9,8 +9,6 @@
   empty, at display resolution, at most ``FOG_BAR`` (issue #14's bar).
 """
 
-from __future__ import annotations
-
 import json
 import math
 from pathlib import Path

@@ -1,9 +1,8 @@
-"""Checks of ``pepd_student``, one step after it (the teacher is loaded once for both).
+"""Check of ``pepd_student``, one step after it.
 
 ``student_renders_finite`` (blocking): the exported PEPD loads and a forward on one cached trajectory
-sample gives finite Gaussians. ``student_beats_copy_input`` (WARN): on the profile's held-out
-procedural objects the student's renders agree with the teacher's OI better than copying the input
-does (``dd3g_core.evaluation``; ``benchmarks/distill_quality.py`` is the full version).
+sample gives finite Gaussians. What the student is worth is the ``evaluation`` asset's work
+(:mod:`pipelines.checks.evaluation`: ``student_beats_copy_input``, ``student_is_not_fog``).
 """
 
 from pathlib import Path
@@ -12,9 +11,7 @@ import dagster as dg
 
 from ..resources import DD3GSettings
 
-__all__ = ["student_checks", "student_forward_problems", "quick_quality"]
-
-QUALITY_KEYS = ("student_vs_teacher", "copy_input_vs_teacher", "teacher_vs_gt", "student_novel_vs_gt")
+__all__ = ["student_checks", "student_forward_problems"]
 
 
 def student_forward_problems(pepd_dir: Path, trajectories: Path, teacher) -> list[str]:
@@ -49,16 +46,6 @@ def student_forward_problems(pepd_dir: Path, trajectories: Path, teacher) -> lis
         return [f"{type(e).__name__}: {e}"]
 
 
-def quick_quality(pepd_dir: Path, teacher, objects: int, draws: int) -> dict[str, float]:
-    from dd3g_core.evaluation import evaluate_student, heldout_set
-    from dd3g_core.model import PEPD
-
-    m = evaluate_student(
-        PEPD.from_pretrained(pepd_dir), teacher, heldout_set(objects, teacher), draws=draws, batch=objects
-    )
-    return {k: float(m[k]) for k in QUALITY_KEYS}
-
-
 @dg.multi_asset_check(
     specs=[
         dg.AssetCheckSpec(
@@ -68,20 +55,12 @@ def quick_quality(pepd_dir: Path, teacher, objects: int, draws: int) -> dict[str
             additional_deps=["teacher"],
             description="The exported PEPD loads and gives finite Gaussians on a cached sample.",
         ),
-        dg.AssetCheckSpec(
-            "student_beats_copy_input",
-            asset="pepd_student",
-            additional_deps=["teacher"],
-            description="Held-out teacher agreement beats the copy-input baseline (WARN).",
-        ),
     ],
     ins={"pepd_student": dg.AssetIn("pepd_student"), "teacher": dg.AssetIn("teacher")},
 )
 def student_checks(context: dg.AssetCheckExecutionContext, settings: DD3GSettings, pepd_student: dict, teacher: dict):
     from dd3g_core.teacher import load_teacher
 
-    profile = settings.profile_config()
-    # the held-out evaluation runs on the CPU (dd3g_core.evaluation); the evaluation stage will follow the profile
     model = load_teacher(
         teacher["path"], device="cpu", content_hash=teacher["content_hash"], hash_cache=settings.hash_cache()
     )
@@ -92,19 +71,4 @@ def student_checks(context: dg.AssetCheckExecutionContext, settings: DD3GSetting
         check_name="student_renders_finite",
         passed=not problems,
         metadata={"problems": dg.MetadataValue.json(problems)},
-    )
-    quality = (
-        {} if problems else quick_quality(pepd_dir, model, profile.evaluation.heldout_objects, profile.evaluation.draws)
-    )
-    margin = quality.get("student_vs_teacher", float("nan")) - quality.get("copy_input_vs_teacher", float("nan"))
-    context.log.info(
-        f"student vs teacher {quality.get('student_vs_teacher', float('nan')):.2f} dB, "
-        f"copy-input {quality.get('copy_input_vs_teacher', float('nan')):.2f} dB"
-    )
-    yield dg.AssetCheckResult(
-        asset_key="pepd_student",
-        check_name="student_beats_copy_input",
-        passed=bool(margin > 0),
-        severity=dg.AssetCheckSeverity.WARN,
-        metadata={"agreement_minus_copy_input_db": float(margin), **quality},
     )
