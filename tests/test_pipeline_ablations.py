@@ -32,6 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 DAGSTER = Path(sys.executable).with_name("dagster")
 STEPS = 2
 RUN_CONFIG = {"ops": {"student_ablations": {"config": {"overrides": [f"steps={STEPS}"]}}}}  # `-c` file (JSON is YAML)
+STUDENT_CONFIG = {"ops": {"pepd_student": {"config": {"overrides": [f"steps={STEPS}"]}}}}
 
 
 def job_assets(name: str) -> set[str]:
@@ -41,7 +42,7 @@ def job_assets(name: str) -> set[str]:
 def test_distill_leaves_the_ablations_to_the_ablations_job():
     assert "student_ablations" not in job_assets("distill")
     assert {"rgba_images", "teacher", "teacher_trajectories", "pepd_student"} <= job_assets("distill")
-    assert job_assets("ablations") == {"student_ablations"}
+    assert job_assets("ablations") == {"student_ablations", "ablation_evaluation"}
     job = defs.resolve_job_def("ablations")
     keys = list(ABLATIONS)
     assert job.partitions_def.get_partition_keys() == keys == ABLATION_PARTITIONS.get_partition_keys()
@@ -89,6 +90,7 @@ def ablations_run(tmp_path_factory):
     TinyTeacher(seed=0).save_pretrained(tmp / "teacher")
     (tmp / "home").mkdir()
     (tmp / "run_config.yaml").write_text(json.dumps(RUN_CONFIG))
+    (tmp / "student_config.yaml").write_text(json.dumps(STUDENT_CONFIG))
     env = {
         **os.environ,
         "DD3G_DATA_ROOT": str(tmp / "data"),
@@ -102,6 +104,9 @@ def ablations_run(tmp_path_factory):
     run(["asset", "materialize", "--select", "teacher"], env)
     every_shard = f"{shards[0]}...{shards[-1]}"
     run(["asset", "materialize", "--select", "rgba_images,teacher_trajectories", "--partition-range", every_shard], env)
+    # what distill leaves for the ablation table: the main student (same budget) and the references
+    run(["asset", "materialize", "--select", "pepd_student", "-c", str(tmp / "student_config.yaml")], env)
+    run(["asset", "materialize", "--select", "evaluation_references"], env)
     run(["job", "execute", "-j", "ablations", "-c", str(tmp / "run_config.yaml")], env)
     return tmp, env
 
@@ -165,3 +170,16 @@ def test_a_finished_ablation_is_a_cache_hit(ablations_run):
         meta = records[0].asset_materialization.metadata
         assert meta["cache_hit"].value is True and meta["ablation"].value == "single_head"
         assert meta["weights_sha256"].value == before["weights_sha256"]
+
+
+def test_the_ablation_table_scores_every_ablation_next_to_the_full_method(ablations_run):
+    tmp, _ = ablations_run
+    record = json.loads((tmp / "data" / ".records" / "ablation_evaluation" / "_.json").read_text())
+    out = Path(record["path"])
+    metrics = json.loads((out / "metrics.json").read_text())
+    students = ["full method", *sorted(ABLATIONS)]
+    assert [n for n in metrics["summaries"] if n in students] == students
+    assert set(metrics["deltas"]) == set(ABLATIONS)  # each ablation minus the full method
+    report = (out / "report.md").read_text()
+    assert "## Ablations: difference to the full method" in report
+    assert all(f"| {name} |" in report for name in ABLATIONS)
