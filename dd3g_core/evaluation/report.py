@@ -141,9 +141,14 @@ def _stats_table(result: dict) -> str:
         "σ < ½ px",
     ]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    hist = []
     for m in result["methods"]:
         if m.stats.get("count"):
             lines.append("| " + " | ".join([m.name, *(_fmt(m.stats.get(k), f) for k, f in keys)]) + " |")
+            bins = " ".join(f"{100 * h:.0f}" for h in m.stats.get("opacity_histogram", []))
+            hist.append(f"- {m.name}: {bins}")
+    if hist:
+        lines += ["", "Opacity histogram, % of Gaussians per bin of 0.1 from 0 to 1:", "", *hist]
     return "\n".join(lines)
 
 
