@@ -57,7 +57,7 @@ def evaluation_metadata(out: Path, metrics: dict) -> dict:
     table = text.split("## Methods and references", 1)[-1].split("## ", 1)[0].strip() if "## Methods" in text else ""
     pictures = [
         p
-        for p in ("compare_black.png", "sides_black.png", "inputs_compare.png", "folder_compare.png")
+        for p in ("compare_white.png", "compare_black.png", "inputs_compare.png", "folder_compare.png")
         if (out / p).is_file()
     ]
     md = table + "\n\n" + "\n\n".join(_inline_png(out / p, p) for p in pictures[:2])
