@@ -21,6 +21,7 @@ import torch
 from ..exports import save_png, views_grid
 from ..io import atomic_write_bytes, atomic_write_json
 from .metrics import fog, foreground_iou, lpips_or_none, psnr, ssim
+from .report import finite_json
 
 __all__ = ["evaluate_folder"]
 
@@ -51,7 +52,6 @@ def evaluate_folder(
     from ..trajectories import noise_seed
     from .clip import clip_scorer_or_none
     from .folder import load_eval_folder
-    from .report import _finite_json
     from .suite import check_student_matches_teacher
 
     t0 = time.perf_counter()
@@ -130,7 +130,7 @@ def evaluate_folder(
         "CLIP": clip_name,
         "seconds": round(time.perf_counter() - t0, 1),
     }
-    atomic_write_json(out / "metrics.json", _finite_json(metrics))
+    atomic_write_json(out / "metrics.json", finite_json(metrics))
     lines = [
         f"# Evaluation on {root}",
         "",

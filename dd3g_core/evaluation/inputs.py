@@ -27,6 +27,7 @@ from ..exports import save_png, views_grid
 from ..io import atomic_write_bytes, atomic_write_json
 from .gaussian_stats import gaussian_statistics
 from .metrics import fog, foreground_iou, psnr, ssim
+from .report import finite_json
 
 __all__ = ["evaluate_inputs"]
 
@@ -133,7 +134,8 @@ def evaluate_inputs(
 
     g_all = Gaussians(**{k: torch.cat([getattr(g, k) for g in kept]) for k in GAUSSIAN_FIELDS})
     stats = gaussian_statistics(g_all, lay.radius, lay.fov_deg, res, d)
-    latency = measure_latency(model, teacher, _OneImage(images[0][1]), repeats=2)
+    first = torch.from_numpy(np.ascontiguousarray(images[0][1])).permute(2, 0, 1)[None]
+    latency = measure_latency(model, teacher, first, repeats=2)
     n_tiles = 1 + 3 * cams.num_views  # input | the teacher's V views | V on white | V on black
     save_png(views_grid(np.concatenate(tiles), ncols=n_tiles, pad=2, pad_value=128), out / "inputs_compare.png")
     save_png(views_grid(np.concatenate(rings), ncols=8, pad=2, pad_value=128), out / "inputs_sides_black.png")
@@ -148,7 +150,7 @@ def evaluate_inputs(
         "parameters": model.num_parameters()["total"],
         "seconds": round(time.perf_counter() - t0, 1),
     }
-    atomic_write_json(out / "metrics.json", _nan_to_none(metrics))
+    atomic_write_json(out / "metrics.json", finite_json(metrics))
     lines = [
         "# Evaluation on your images (no ground truth)",
         "",
@@ -182,18 +184,3 @@ def evaluate_inputs(
         lines += ["Non-finite scores (excluded from the means): " + str(nonfinite), ""]
     atomic_write_bytes(out / "report.md", "\n".join(lines).encode())
     return metrics
-
-
-class _OneImage:
-    """The slice of a References that ``measure_latency`` reads (one input image)."""
-
-    def __init__(self, rgba: np.ndarray):
-        from types import SimpleNamespace
-
-        self.data = SimpleNamespace(inputs=torch.from_numpy(np.ascontiguousarray(rgba)).permute(2, 0, 1)[None])
-
-
-def _nan_to_none(obj):
-    from .report import _finite_json
-
-    return _finite_json(obj)

@@ -23,7 +23,7 @@ from torch import Tensor
 from ..exports import save_png, views_grid
 from ..io import atomic_write_bytes, atomic_write_json
 
-__all__ = ["write_report", "TABLE_COLUMNS", "headline_metrics"]
+__all__ = ["write_report", "TABLE_COLUMNS", "headline_metrics", "finite_json"]
 
 # (key in a summary, column title, format)
 TABLE_COLUMNS = [
@@ -260,7 +260,7 @@ def write_report(result: dict, refs, settings, teacher, out_dir: str | Path, hea
             if m.kind == "student"
         },
     }
-    atomic_write_json(out / "metrics.json", _finite_json(metrics))
+    atomic_write_json(out / "metrics.json", finite_json(metrics))
     lines = [
         f"# Evaluation of {main.name}",
         "",
@@ -323,12 +323,12 @@ def write_report(result: dict, refs, settings, teacher, out_dir: str | Path, hea
     return metrics
 
 
-def _finite_json(obj):
+def finite_json(obj):
     """NaN/inf are not JSON: written as null (the per-object lists keep their positions)."""
     if isinstance(obj, float):
         return obj if math.isfinite(obj) else None
     if isinstance(obj, dict):
-        return {str(k): _finite_json(v) for k, v in obj.items()}
+        return {str(k): finite_json(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_finite_json(v) for v in obj]
+        return [finite_json(v) for v in obj]
     return obj

@@ -52,12 +52,17 @@ def _subset(g: Gaussians, sl: slice) -> Gaussians:
 
 
 @torch.no_grad()
-def measure_latency(model, teacher, refs: References, repeats: int = 3) -> dict[str, float]:
+def measure_latency(
+    model,
+    teacher,
+    image: torch.Tensor,  # [1, 4, H, W] uint8 RGBA: one input
+    repeats: int = 3,
+) -> dict[str, float]:
     """Best-of-``repeats`` wall time per image at batch 1 (after a warm-up), student and teacher in
     the same process: condition encoding + one PEPD forward vs condition encoding + DDIM + decode."""
     cams = teacher.cameras()
     dev = teacher.device
-    image = refs.data.inputs[:1].to(dev)
+    image = image.to(dev)
     noise = teacher.draw_noise(1, 0)
 
     def student():
@@ -103,7 +108,7 @@ def evaluate_students(
         model = model.to(teacher.device).eval()
         s = score_student(model, teacher, refs, settings, name, lpips, backend, log)
         s.info["parameters"] = model.num_parameters()["total"]
-        s.info.update(measure_latency(model, teacher, refs, latency_repeats))
+        s.info.update(measure_latency(model, teacher, refs.data.inputs[:1], latency_repeats))
         log(f"{name}: {s.info['student_ms']:.1f} ms per image, teacher {s.info['teacher_ms']:.0f} ms")
         methods.append(s)
     if refs.fit is not None:
