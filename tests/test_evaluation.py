@@ -165,3 +165,24 @@ def test_eval_cli_on_your_images_and_bad_input(tmp_path, capsys):
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and words in err, err
     assert not (tmp_path / "x").exists() and not (tmp_path / "z").exists()  # nothing half-written
+
+
+def test_lpips_only_from_complete_local_weights(tmp_path):
+    from safetensors.torch import save_file
+
+    from dd3g_core.distill.perceptual import vgg16_features
+    from dd3g_core.evaluation.metrics import lpips_or_none
+
+    torch.manual_seed(0)
+    features = {f"features.{k}": v for k, v in vgg16_features().state_dict().items()}
+    save_file(features, str(tmp_path / "vgg_only.safetensors"))
+    lin = {f"lin{k}.weight": torch.rand(1, c, 1, 1) for k, c in enumerate((64, 128, 256, 512, 512))}
+    save_file({**features, **lin}, str(tmp_path / "lpips.safetensors"))
+    assert lpips_or_none(None)[0] is None and "unavailable" in lpips_or_none(None)[1]
+    assert lpips_or_none(str(tmp_path / "missing.safetensors"))[0] is None
+    with pytest.raises(ValueError, match="not LPIPS"):
+        lpips_or_none(str(tmp_path / "vgg_only.safetensors"))
+    metric, name = lpips_or_none(str(tmp_path / "lpips.safetensors"))
+    x = torch.rand(1, 2, 3, 32, 32)
+    d = metric(x, torch.cat([x[:, :1], torch.rand(1, 1, 3, 32, 32)], 1))
+    assert d.shape == (1, 2) and d[0, 0] == 0 and d[0, 1] > 0 and "LPIPS-VGG16" in name
