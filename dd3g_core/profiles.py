@@ -4,7 +4,7 @@ A profile is the settings of the whole recipe for one kind of machine:
 
 =========  ==========================================================================================
 ``tiny``   the embedded default on a laptop CPU: procedural objects on a colour key, the shipped tiny
-           teacher (pixel space), the tiny PEPD, the project's CPU rasterizer (~25 min on 2 cores)
+           teacher (pixel space), the tiny PEPD, the project's CPU rasterizer (~30 min on 2 cores)
 ``smoke``  seconds, for tests and CI: the same classes at toy sizes; the teacher is always trained
            by the seconds-long ``smoke`` recipe, so nothing depends on shipped weights
 ``full``   GPUs and real weights: SDXL + rembg from local files, ImageDream from a local folder,
@@ -200,7 +200,7 @@ class Profile:
 PROFILES: dict[str, Profile] = {
     "tiny": Profile(
         name="tiny",
-        description="embedded CPU default: procedural world, shipped tiny teacher, tiny PEPD (~25 min on 2 cores)",
+        description="embedded CPU default: procedural world, shipped tiny teacher, tiny PEPD (~30 min on 2 cores)",
         # procedural objects on a colour key, 8 shards x 32 samples at 64 px
         rgba=RGBASynthesisConfig(),
         # 4 noise draws per image, the teacher's 25 DDIM steps, x_t kept at steps 5/10/15/20

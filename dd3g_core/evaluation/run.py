@@ -89,5 +89,5 @@ def evaluate_checkpoints(
     }
     metrics = write_report(result, references, settings, teacher, out_dir, head)
     metrics["seconds"] = round(time.perf_counter() - t0, 1)
-    log(f"evaluation written to {out_dir} ({metrics['seconds']:.0f} s)")
+    log(f"evaluation report written ({metrics['seconds']:.0f} s)")
     return metrics

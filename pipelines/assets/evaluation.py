@@ -146,6 +146,7 @@ def run_evaluation(
             metrics = evaluate_checkpoints(
                 checkpoints, model, s, tmp, references=refs, header=header, log=context.log.info
             )
+    context.log.info(f"evaluation published: {out}")
     return metrics
 
 
