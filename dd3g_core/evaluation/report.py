@@ -12,6 +12,7 @@ Pictures (display resolution, the first ``grid_objects`` held-out objects):
 
 from __future__ import annotations
 
+import io
 import math
 from pathlib import Path
 
@@ -176,7 +177,7 @@ def _pictures(result: dict, refs, teacher_azimuths, out: Path) -> list[str]:
     el0 = novel.elevations_deg == novel.elevations_deg.min()
     az = novel.azimuths_deg
     names = []
-    unseen = [a for a in teacher_azimuths[1:3]]
+    unseen = list(teacher_azimuths[1:3])
     for bg_name, bg in (("white", (1.0, 1.0, 1.0)), ("black", (0.0, 0.0, 0.0))):
         tiles, sides = [], []
         for i in range(k):
@@ -194,9 +195,8 @@ def _pictures(result: dict, refs, teacher_azimuths, out: Path) -> list[str]:
             ring = ring[:: max(1, len(ring) // 8)][:8]
             sides += [_on(gt_p[j], gt_a[j], bg) for j in ring.tolist()]
             sides += [_on(st_p[j], st_a[j], bg) for j in ring.tolist()]
-        pad = 0 if bg_name == "white" else 0
         save_png(
-            views_grid(np.stack([_hwc(t) for t in tiles]), ncols=1 + 3 * len(unseen), pad=2, pad_value=128 + pad),
+            views_grid(np.stack([_hwc(t) for t in tiles]), ncols=1 + 3 * len(unseen), pad=2, pad_value=128),
             out / f"compare_{bg_name}.png",
         )
         save_png(
@@ -221,8 +221,6 @@ def _pictures(result: dict, refs, teacher_azimuths, out: Path) -> list[str]:
             ]
             frames.append(views_grid(np.stack([_hwc(p) for p in panels]), pad=2, pad_value=128))
         name = f"turntable_{refs.data.seeds[i]}.gif"
-        import io
-
         buf = io.BytesIO()
         imageio.mimwrite(buf, frames, format="GIF", duration=1000.0 / 8, loop=0)
         atomic_write_bytes(out / name, buf.getvalue())
