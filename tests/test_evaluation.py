@@ -50,6 +50,13 @@ def test_fog_is_alpha_around_the_object_where_the_ground_truth_is_empty():
     assert fog(clean, clean.expand(-1, -1, 3, -1, -1), gt, 3)["fog_alpha"].item() == 0
     f = fog(hazy, white, gt, 3)
     assert f["fog_alpha"].item() == pytest.approx(0.1) and f["fog_black"].item() == pytest.approx(0.09)
+    assert f["outside_alpha"].item() == pytest.approx(0.1)
+    wide = torch.zeros_like(gt)
+    wide[..., 11:21, 11:21] = 1.0  # solid, one pixel too wide all round: a silhouette error, not haze
+    f = fog(wide, wide.expand(-1, -1, 3, -1, -1), gt, 3, margin_px=1)
+    assert f["fog_alpha"].item() == 0 and f["outside_alpha"].item() == pytest.approx(36 / 132)
+    f = fog(0.3 * gt, 0.3 * gt.expand(-1, -1, 3, -1, -1), gt, 3)  # nowhere solid: every faint pixel is haze
+    assert f["fog_alpha"].item() == 0 and fog(0.3 * hazy, white, gt, 3)["fog_alpha"].item() == pytest.approx(0.03)
     assert foreground_iou(gt, gt).item() == 1.0 and foreground_iou(torch.zeros_like(gt), gt).item() == 0.0
 
 

@@ -93,9 +93,13 @@ def test_generate_cli_writes_samples_and_interpolation(tmp_path, models, capsys)
             "4",
             "--resolution",
             "48",
+            "--background",
+            "black",
         ]
     )
     assert code == 0, capsys.readouterr().err
+    grid = np.asarray(Image.open(out / "anya_rgba_s3_views.png").convert("RGB"))
+    assert (grid[:2, :2] < 100).all()  # on black: the corner of the first view is dark (near 255 on white)
     for seed in (3, 4):
         g = load_ply(out / f"anya_rgba_s{seed}.ply")
         assert g.means.shape == (4096, 3) and torch.isfinite(g.means).all()
@@ -118,6 +122,8 @@ def test_generate_cli_errors_are_one_line(tmp_path, models, capsys):
     assert "nothing in it" in capsys.readouterr().err
     assert cli_main(["generate", str(tmp_path / "missing.png"), *args]) == 2
     assert "does not exist" in capsys.readouterr().err
+    assert cli_main(["generate", str(SAMPLES / "bird_rgba.png"), *args, "--background", "2,0,0"]) == 2
+    assert "--background '2,0,0'" in capsys.readouterr().err
     assert (
         cli_main(
             [

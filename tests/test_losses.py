@@ -8,8 +8,11 @@ from dd3g_core.distill.losses import (
     alpha_from_background,
     explicit_supervision_loss,
     implicit_verification_loss,
+    opacity_decision_loss,
     ramp_weight,
+    recomposite,
     sample_timesteps,
+    surface_consistency_loss,
 )
 from dd3g_core.teacher import TinyTeacher
 from dd3g_core.teacher import sampler as ddim
@@ -116,3 +119,76 @@ def test_perceptual_loss_from_local_weights(tmp_path):
         PerceptualLoss.from_file(tmp_path / "bad.safetensors")
     with pytest.raises(FileNotFoundError, match="perceptual_weight=0"):
         PerceptualLoss.from_file(tmp_path / "none.safetensors")
+
+
+def test_matte_dead_zone_ignores_the_teachers_background_noise():
+    """The teacher's "white" is noisy: with ``floor`` a pixel 0.02 off white is background (alpha 0),
+    not the faint fog the plain colour key made of it (alpha 0.25)."""
+    v = torch.ones(1, 1, 3, 1, 3)
+    v[..., 0, 0] = torch.tensor([0.98, 1.0, 1.0])
+    v[..., 0, 1] = torch.tensor([0.945, 1.0, 1.0])  # halfway between floor 0.03 and softness 0.08
+    v[..., 0, 2] = torch.tensor([0.5, 0.5, 1.0])
+    plain = alpha_from_background(v, softness=0.08)
+    keyed = alpha_from_background(v, softness=0.08, floor=0.03)
+    assert torch.isclose(plain[0, 0, 0, 0, 0], torch.tensor(0.25))
+    assert keyed[0, 0, 0, 0, 0] == 0 and torch.isclose(keyed[0, 0, 0, 0, 1], torch.tensor(0.5), atol=1e-5)
+    assert keyed[0, 0, 0, 0, 2] == 1
+    with pytest.raises(ValueError, match="floor"):
+        alpha_from_background(v, softness=0.08, floor=0.08)
+
+
+def test_connected_matte_keeps_enclosed_background_coloured_parts():
+    """A white patch inside a red ring is part of the object with ``connected``; the plain key cuts it out."""
+    v = torch.ones(1, 1, 3, 16, 16)
+    v[..., 4:12, 4:12] = torch.tensor([1.0, 0.0, 0.0]).reshape(3, 1, 1)
+    v[..., 6:10, 6:10] = 1.0
+    plain, connected = alpha_from_background(v, floor=0.03), alpha_from_background(v, floor=0.03, connected=True)
+    assert (plain[..., 6:10, 6:10] == 0).all() and (connected[..., 6:10, 6:10] == 1).all()
+    assert torch.equal(plain[..., :4, :], connected[..., :4, :])  # the outside is background in both
+
+
+def test_recomposite_moves_a_view_onto_another_background():
+    """OI = c·a + (1 - a)·white; recomposite(OI, a, white, b) = c·a + (1 - a)·b exactly."""
+    g = torch.Generator().manual_seed(3)
+    colour, alpha = torch.rand(2, 3, 3, 4, 4, generator=g), torch.rand(2, 3, 1, 4, 4, generator=g)
+    oi = colour * alpha + (1 - alpha)
+    new = torch.rand(2, 3, 3, generator=g)
+    expected = colour * alpha + (1 - alpha) * new[..., None, None]
+    assert torch.allclose(recomposite(oi, alpha, (1.0, 1.0, 1.0), new), expected, atol=1e-6)
+
+
+def test_opacity_decision_loss_is_zero_for_decided_gaussians():
+    assert opacity_decision_loss(torch.tensor([[0.0, 1.0]])) == 0
+    assert torch.isclose(opacity_decision_loss(torch.tensor([[0.5, 0.5]])), torch.tensor(0.25))
+
+
+def test_surface_consistency_is_zero_when_each_view_sees_its_own_gaussians():
+    """A view's own Gaussian hidden behind another one costs (z_own - z_front)^2; alone it costs 0."""
+    from dd3g_core.cameras import orbit_cameras
+    from dd3g_core.gaussians import Gaussians
+    from dd3g_core.render import render
+
+    vm, ks = orbit_cameras([0.0], [0.0], 1.5, 49.1, 8, 8)  # [1, 4, 4], [1, 3, 3]
+    wall = lambda z: torch.stack(  # an opaque wall of Gaussians at camera depth z, covering the view
+        torch.meshgrid(torch.linspace(-1, 1, 24), torch.linspace(-1, 1, 24), torch.tensor([z]), indexing="ij"), -1
+    ).reshape(-1, 3)
+    to_world = lambda p: (p - vm[0, :3, 3]) @ vm[0, :3, :3]  # camera -> world (rotation is orthonormal)
+
+    def scene(*depths):
+        means = torch.cat([to_world(wall(z)) for z in depths])
+        n = means.shape[0]
+        return Gaussians(
+            means=means[None],
+            quats=torch.tensor([1.0, 0, 0, 0]).expand(1, n, 4),
+            log_scales=torch.full((1, n, 3), -2.5),
+            opacity_logits=torch.full((1, n), 8.0),
+            sh=torch.zeros(1, n, 1, 3),
+        )
+
+    own = torch.full((1, 1, 8, 8), 1.5)
+    target = torch.ones(1, 1, 1, 8, 8)
+    alone = render(scene(1.5), vm[None], ks[None], 8, 8)
+    hidden = render(scene(1.5, 1.0), vm[None], ks[None], 8, 8)
+    assert surface_consistency_loss(own, alone.depth, alone.alpha, target) < 1e-4
+    assert surface_consistency_loss(own, hidden.depth, hidden.alpha, target) == pytest.approx(0.25, rel=0.05)
+    assert surface_consistency_loss(own, hidden.depth, hidden.alpha, torch.zeros_like(target)) == 0  # no object

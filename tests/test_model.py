@@ -209,3 +209,37 @@ def test_phase1_follows_the_teacher_options_s2d_latents_and_image_concat():
     assert out.gaussians.means.shape == (2, cfg.num_gaussians, 3) and cfg.num_gaussians == 4 * 32 * 32
     assert torch.isfinite(out.gaussians.means).all()
     assert feats[0].shape[2] == 8 * 8 and not torch.allclose(feats[0], feats[1])  # the image reaches phase 1
+
+
+def test_the_seen_view_starts_from_the_input_pixels(teacher):
+    """``input_view``: an untrained model's Gaussians of the seen view carry II's colour (resized to the
+    view's grid through premultiplied colour, so the transparent background's black does not bleed in);
+    opacity keeps the heads' start in every view; rendered opaque from II's camera, the seen view's
+    Gaussians show the input."""
+    from dd3g_core.gaussians import Gaussians
+    from dd3g_core.render import render
+
+    m = PEPD("tiny").eval()
+    c = m.config
+    assert c.input_view == 0
+    x = inputs(teacher, b=1)
+    image = torch.zeros(1, 4, 64, 64)
+    image[:, :3, 16:48, 16:48] = torch.tensor([0.9, 0.2, 0.1]).reshape(1, 3, 1, 1)
+    image[:, 3, 16:48, 16:48] = 1.0  # an opaque red square on a transparent black background
+    x["image"] = image
+    with torch.no_grad():
+        g = m(**x).gaussians
+    n, r = c.grid_resolution**2, c.grid_resolution
+    opacity = torch.sigmoid(g.opacity_logits[0]).reshape(c.num_views, r, r)
+    rgb = (g.sh[0, :, 0] * 0.28209479177387814 + 0.5).reshape(c.num_views, r, r, 3)
+    assert torch.allclose(rgb[0][8:24, 8:24], torch.tensor([0.9, 0.2, 0.1]), atol=1e-4)  # edges included
+    assert torch.allclose(rgb[1:], torch.tensor(0.5))  # the other views: the heads' grey
+    assert torch.allclose(opacity, torch.tensor(c.init_opacity), atol=1e-6)
+    opaque = 8.0 * (image[:, 3, ::2, ::2].reshape(1, n) * 2 - 1)  # logits: opaque on the square, else clear
+    own = Gaussians(g.means[:, :n], g.quats[:, :n], g.log_scales[:, :n], opaque, g.sh[:, :n])
+    seen = render(own, x["viewmats"][:1][None], x["Ks"][:1][None], 32, 32, background=torch.ones(3))
+    red, white = seen.rgb[0, 0, 10:22, 10:22], seen.rgb[0, 0, :4, :4]
+    assert (red[..., 0] > 0.8).all() and (red[..., 1:] < 0.35).all()  # the square, seen from II's camera
+    assert (white > 0.9).all()
+    with pytest.raises(ValueError, match="input_view"):
+        PEPDConfig(input_view=4)

@@ -222,3 +222,42 @@ def test_build_student_takes_phase1_from_the_teacher_unet():
     assert student.phase1.input_blocks[0][0].weight.shape[1] == 6
     plain = build_student(load_config(preset="tiny").replace(init="scratch", model_overrides={"unet": base}), teacher)
     assert not plain.config.unet.concat_image
+
+
+def test_a_collapsed_student_stops_naming_the_step_and_exports_nothing(tmp_path, data):
+    """Gaussians that are all but invisible (mean opacity < 1e-3) are a degenerate run even with finite
+    losses: the trainer stops at the first logged step with a message naming it, before any checkpoint
+    or export; the command line gives that message as one line (exit 2)."""
+    from dd3g_core.distill.health import DegenerateStudentError
+    from dd3g_core.distill.train import train
+
+    collapsed = {"init_opacity": 1e-5, "input_view": -1}  # every Gaussian starts (and stays, lr 1e-7) invisible
+    cfg = smoke_config(data, tmp_path / "run", lr=1e-7, model_overrides=collapsed)
+    with pytest.raises(DegenerateStudentError, match=r"step 1: the student's Gaussians collapsed \(mean opacity"):
+        train(cfg)
+    out = Path(cfg.out)
+    assert not (out / "pepd").exists() and not list_checkpoints(out)
+    cfg_file = tmp_path / "collapsed.json"
+    cfg_file.write_text(json.dumps({**cfg.to_dict(), "out": str(tmp_path / "cli")}))
+    proc = subprocess.run(
+        [sys.executable, "-m", "dd3g_core.distill.train", "--config", str(cfg_file)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "step 1: the student's Gaussians collapsed" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "cli" / "pepd").exists()
+
+
+def test_gaussian_health_flags_saturated_scales():
+    from dd3g_core.distill.health import DegenerateStudentError, check_health, gaussian_health
+
+    logits = torch.zeros(1, 10)
+    pinned = torch.full((1, 10, 3), 0.08).log()  # every scale at max_scale
+    stats = {k: float(v) for k, v in gaussian_health(logits, pinned, 0.002, 0.08).items()}
+    assert stats == {"stat_opacity_mean": 0.5, "stat_scale_at_bound": 1.0}
+    with pytest.raises(DegenerateStudentError, match="step 7: 100.0% of the Gaussians' scales sit at a bound"):
+        check_health(stats, 7)
+    check_health({"stat_opacity_mean": 0.3, "stat_scale_at_bound": 0.1}, 7)  # healthy: no error

@@ -26,6 +26,22 @@ GRID_VIEWS = 8  # the views grid of every sample
 STRIP_VIEWS = 4  # views per interpolation step in the strip
 
 
+BACKGROUNDS = {"white": (1.0, 1.0, 1.0), "black": (0.0, 0.0, 0.0)}
+
+
+def parse_background(text: str) -> tuple[float, float, float]:
+    """``white``, ``black`` or ``R,G,B`` with each channel in [0, 1]."""
+    if text in BACKGROUNDS:
+        return BACKGROUNDS[text]
+    try:
+        rgb = tuple(float(x) for x in text.split(","))
+    except ValueError:
+        rgb = ()
+    if len(rgb) != 3 or not all(0.0 <= c <= 1.0 for c in rgb):
+        raise CLIError(f"--background {text!r}: use teacher, white, black or R,G,B with each channel in [0, 1]")
+    return rgb
+
+
 def _check_inputs(args) -> None:
     for text in args.image:
         image = Path(text)
@@ -57,6 +73,8 @@ def _prepare_all(args) -> list[tuple[Path, object, dict]]:
 
 def _run_generate(args) -> int:
     # everything that can be refused cheaply is, before the model is loaded
+    if args.background != "teacher":
+        parse_background(args.background)
     check_render_budget(max(args.frames, GRID_VIEWS), args.resolution, "--frames")
     if args.interpolate is not None:
         check_render_budget(STRIP_VIEWS * args.interp_steps, args.resolution, "--interp-steps")
@@ -81,7 +99,7 @@ def _run_generate(args) -> int:
     gen = Generator.load(ckpt, args.teacher)
     out.mkdir(parents=True, exist_ok=True)
     ext = ".mp4" if args.mp4 else ".gif"
-    bg = tuple(gen.teacher.background)
+    bg = tuple(gen.teacher.background) if args.background == "teacher" else parse_background(args.background)
     for (image, rgba, record), name in zip(prepared, names):
         if name != image.stem:
             print(f"{image}: {out / image.stem}_* belongs to another image; writing {out / name}_* instead")
@@ -160,6 +178,11 @@ def add_generate(sub) -> None:
         help="recentred input size (the rgba_images stage's)",
     )
     p.add_argument("--resolution", type=bounded_int("resolution"), default=128, help="turntable / grid render size")
+    p.add_argument(
+        "--background",
+        default="teacher",
+        help="render background: teacher (its own, white for tiny), white, black, or R,G,B in [0, 1]",
+    )
     p.add_argument("--frames", type=bounded_int("frames"), default=36)
     p.add_argument("--mp4", action="store_true", help="turntables as MP4 instead of GIF")
     p.add_argument("--threads", type=bounded_int("threads"), default=0, help="torch threads (0: torch's default)")

@@ -48,9 +48,16 @@ class DistillConfig:
     grad_clip: float = 1.0
     mixed_precision: MixedPrecision = "no"  # fp16/bf16 on CUDA
     ema_decay: float = 0.995
-    # --- objective (dd3g_core.distill.losses) ---
-    alpha_weight: float = 0.1
+    # --- objective (dd3g_core.distill.losses; the solid-student recipe, docs/experiments/solid_student.md) ---
+    alpha_weight: float = 1.0
     alpha_softness: float = 0.08
+    alpha_floor: float = 0.03  # dead zone of the matte for the teacher's background noise (alpha_from_background)
+    alpha_connected: bool = False  # only border-connected background-coloured pixels are background (the matte)
+    random_background: float = 0.5  # share of views supervised on a random colour instead of the teacher's
+    surface_weight: float = 0.5  # each view's Gaussians on its visible surface (surface_consistency_loss)
+    solid_weight: float = 0.3  # renders at random cameras all round: mean alpha(1 - alpha) per pixel
+    solid_elevation_range: tuple[float, float] = (-10.0, 30.0)  # degrees of those cameras (any azimuth)
+    opacity_weight: float = 0.0  # mean alpha(1 - alpha) over the Gaussians' opacities (opacity_decision_loss)
     perceptual_weights: str | None = None  # local VGG16 safetensors (dd3g_core.distill.perceptual); None = no term
     perceptual_weight: float = 0.0
     implicit_weight: float = 0.05  # lambda_imp
@@ -100,12 +107,25 @@ class DistillConfig:
         ):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"DistillConfig.{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("implicit_ramp", "implicit_t_range", "implicit_azimuth_range", "implicit_elevation_range"):
+        for name in (
+            "implicit_ramp",
+            "implicit_t_range",
+            "implicit_azimuth_range",
+            "implicit_elevation_range",
+            "solid_elevation_range",
+        ):
             object.__setattr__(self, name, tuple(getattr(self, name)))
         if self.implicit_ramp[0] > self.implicit_ramp[1]:
             raise ValueError(
                 f"DistillConfig.implicit_ramp must be [start, end] with start <= end, got {list(self.implicit_ramp)}"
             )
+        if not 0 <= self.alpha_floor < self.alpha_softness:
+            raise ValueError(
+                f"DistillConfig.alpha_floor must be in [0, alpha_softness={self.alpha_softness}), "
+                f"got {self.alpha_floor}"
+            )
+        if not 0 <= self.random_background <= 1:
+            raise ValueError(f"DistillConfig.random_background must be in [0, 1], got {self.random_background}")
         if self.lr <= 0:
             raise ValueError(f"DistillConfig.lr must be > 0, got {self.lr}")
         if not 0 <= self.ema_decay < 1:

@@ -20,7 +20,11 @@ from ..teacher import sampler as ddim
 
 __all__ = [
     "alpha_from_background",
+    "border_connected",
     "explicit_supervision_loss",
+    "opacity_decision_loss",
+    "recomposite",
+    "surface_consistency_loss",
     "implicit_verification_loss",
     "ramp_weight",
     "sample_timesteps",
@@ -46,19 +50,104 @@ def alpha_from_background(
     views: Tensor,  # [B, V, 3, H, W] OI in [0, 1], composited on ``background``
     background: tuple[float, float, float] = (1.0, 1.0, 1.0),
     softness: float = 0.08,
+    floor: float = 0.0,
+    connected: bool = False,
 ) -> Tensor:  # [B, V, 1, H, W] in [0, 1]
     """Alpha target for views the teacher paints on a plain background (the tiny teacher's white):
 
-        A(x) = clamp(max_c |x_c - bg_c| / softness, 0, 1)
+        A(x) = clamp((max_c |x_c - bg_c| - floor) / (softness - floor), 0, 1)
 
-    A colour-key matte, as the ``rgba_images`` stage does for its inputs. Object pixels within
-    ``softness`` of the background colour read as partly transparent; the RGB term still pulls
-    those pixels to the right colour, so keep ``alpha_weight`` modest. The same matte serves the
-    ImageDream teacher, which also paints its views on a plain background; running a matting
-    model (rembg) on OI instead would handle object colours close to the background better.
+    A colour-key matte, as the ``rgba_images`` stage does for its inputs. ``floor`` is a dead zone
+    for the teacher's background noise: its "white" is not exactly white (the tiny teacher's
+    background pixels: median 0.006 and 99th percentile 0.026 away from it). Without the dead zone
+    every background pixel asked for alpha ~0.1 and the student learned a faint haze of
+    near-white Gaussians: fog.
+
+    ``connected``: only background-coloured pixels connected to the image border (8-neighbours) are
+    background; a near-white part enclosed by the object (a white face, a highlight) stays opaque
+    instead of becoming a hole that random-background supervision would then teach the student to cut.
+    Object colours close to the background at the silhouette still read as partly transparent; a
+    matting model (rembg) on OI would handle those better.
     """
+    if not 0 <= floor < softness:
+        raise ValueError(f"need 0 <= floor < softness, got floor {floor}, softness {softness}")
     bg = views.new_tensor(background).reshape(1, 1, 3, 1, 1)
-    return ((views - bg).abs().amax(dim=2, keepdim=True) / softness).clamp(0.0, 1.0)
+    distance = (views - bg).abs().amax(dim=2, keepdim=True)
+    alpha = ((distance - floor) / (softness - floor)).clamp(0.0, 1.0)
+    if connected:
+        region = border_connected(distance.flatten(0, 1) < softness).reshape(alpha.shape)
+        alpha = torch.where(region, alpha, torch.ones_like(alpha))
+    return alpha
+
+
+def border_connected(mask: Tensor) -> Tensor:  # [N, 1, H, W] bool -> [N, 1, H, W] bool
+    """The pixels of ``mask`` connected (8-neighbours, through ``mask``) to the image border: a flood
+    fill by repeated 3x3 dilation, one ring per step, until nothing changes."""
+    reached = torch.zeros_like(mask)
+    for edge in (
+        (..., 0, slice(None)),
+        (..., -1, slice(None)),
+        (..., slice(None), 0),
+        (..., slice(None), -1),
+    ):
+        reached[edge] = mask[edge]
+    for _ in range(mask.shape[-1] * mask.shape[-2]):  # a bound, never reached: each step adds a pixel or stops
+        grown = (F.max_pool2d(reached.float(), 3, stride=1, padding=1) > 0) & mask
+        if torch.equal(grown, reached):
+            break
+        reached = grown
+    return reached
+
+
+def recomposite(
+    views: Tensor,  # [B, V, 3, H, W] OI composited on ``background``
+    alpha: Tensor,  # [B, V, 1, H, W] its matte (``alpha_from_background``)
+    background: tuple[float, float, float],  # the teacher's background
+    new_background: Tensor,  # [B, V, 3] a colour per view
+) -> Tensor:  # [B, V, 3, H, W]
+    """OI moved onto another background: ``OI + (1 - A) (b' - b)``.
+
+    Explicit supervision on random backgrounds: on the teacher's white a faint white Gaussian costs
+    nothing; on a random colour it is an error the RGB term sees (fog cannot hide)."""
+    bg = views.new_tensor(background).reshape(1, 1, 3, 1, 1)
+    return (views + (1 - alpha) * (new_background[..., None, None].to(views) - bg)).clamp(0.0, 1.0)
+
+
+def surface_consistency_loss(
+    own_depth: Tensor,  # [B, V, G, G] camera z of each view's own pixel-aligned Gaussians (in its camera)
+    render_depth: Tensor,  # [B, V, H, W, 1] expected depth of the render of all Gaussians at the same cameras
+    render_alpha: Tensor,  # [B, V, H, W, 1]
+    target_alpha: Tensor,  # [B, V, 1, H, W] the teacher's matte: where the view shows the object
+) -> Tensor:  # scalar
+    """Each view's Gaussians are that view's visible surface: ``sum A (z_own - ED / alpha)^2 / sum A``.
+
+    A pixel-aligned Gaussian of view k should be what camera k sees at its pixel. Without this term it
+    may sit anywhere along its ray that the other three views do not see (inside the 4-view visual
+    hull), where no explicit gradient reaches it: it keeps the heads' grey and shows up as a ghost at
+    every other angle; and the other views' Gaussians may cover the seen view's. The expected depth of
+    the full render at camera k is pulled to the own Gaussian's depth and back, so in the consistent
+    state the own Gaussian is in front and the rest are occluded. ``H, W`` may be a multiple of ``G``
+    (the render is average-pooled to the Gaussian grid)."""
+    b, v, g = own_depth.shape[:3]
+    h = render_depth.shape[2]
+    if h % g:
+        raise ValueError(f"render size {h} is not a multiple of the Gaussian grid {g}")
+    pool = lambda x: F.avg_pool2d(x.flatten(0, 1), h // g).reshape(b, v, g, g)  # [B, V, 1, H, W] -> [B, V, G, G]
+    alpha = pool(render_alpha.permute(0, 1, 4, 2, 3))
+    weighted = pool((render_depth * render_alpha).permute(0, 1, 4, 2, 3))  # alpha-weighted depth sum
+    expected = weighted / alpha.clamp_min(1e-3)
+    weight = pool(target_alpha.to(own_depth)) * (alpha > 1e-3)
+    return (weight * (own_depth - expected).square()).sum() / weight.sum().clamp_min(1.0)
+
+
+def opacity_decision_loss(opacities: Tensor) -> Tensor:  # [B, N] in [0, 1] -> scalar
+    """Mean ``alpha (1 - alpha)``: zero for what is fully there or fully gone, largest at one half.
+
+    On the Gaussians' opacities (``opacity_weight``): a solid object is made of opaque Gaussians, a
+    half-transparent one is haze or a blur standing in for a sharper surface. On rendered alpha at
+    cameras all round the object (``solid_weight``, pixels flattened to ``N``): seen from anywhere, a
+    pixel is the object or empty."""
+    return (opacities * (1 - opacities)).mean()
 
 
 def explicit_supervision_loss(

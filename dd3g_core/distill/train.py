@@ -42,14 +42,18 @@ from ..trajectories.sample import SampleSpec, recorded_steps, to_batch
 from .checkpoint import resume, save_checkpoint
 from .config import DistillConfig, load_config
 from .export import export
+from .health import check_health, gaussian_health
 from .lifecycle import check_parent, exit_with_parent, run_directory_lock
 from .losses import (
     NonFiniteLossError,
     alpha_from_background,
     explicit_supervision_loss,
     implicit_verification_loss,
+    opacity_decision_loss,
     ramp_weight,
+    recomposite,
     sample_timesteps,
+    surface_consistency_loss,
 )
 
 __all__ = ["main", "train", "build_student", "compute_losses"]
@@ -64,6 +68,8 @@ def build_student(cfg: DistillConfig, teacher) -> PEPD:
     overrides = dict(cfg.model_overrides)
     overrides.setdefault("unet", teacher.unet.config)
     pcfg = PEPDConfig.preset(cfg.model).replace(**overrides)
+    if pcfg.input_view >= 0 and "input_view" not in cfg.model_overrides:  # the teacher's layout says which view is II's
+        pcfg = pcfg.replace(input_view=max(int(teacher.layout.input_view), -1))
     model = PEPD(pcfg)
     if cfg.init == "teacher":
         model.init_from_teacher(teacher.unet)
@@ -88,14 +94,48 @@ def compute_losses(
     out = model(b["noise"], b["cameras"], condition, b["image"], b["viewmats"], b["Ks"], res)
     g = out.gaussians
     with torch.autocast(device_type=b["noise"].device.type, enabled=False):  # rasterize in fp32
-        r = render(g, b["viewmats"], b["Ks"], res, res, background=bg, backend=cfg.render_backend)
-    alpha_t = alpha_from_background(b["views"], tuple(teacher.background), cfg.alpha_softness)
+        r = render(g, b["viewmats"], b["Ks"], res, res, background=None, backend=cfg.render_backend)  # premultiplied
+    alpha_t = alpha_from_background(
+        b["views"], tuple(teacher.background), cfg.alpha_softness, cfg.alpha_floor, cfg.alpha_connected
+    )
+    bsz, nv = b["views"].shape[:2]
+    backgrounds = bg.expand(bsz, nv, 3)
+    target = b["views"]
+    if cfg.random_background > 0:  # fog cannot hide on a background that is not the teacher's
+        pick = torch.rand((bsz, nv, 1), generator=generator) < cfg.random_background
+        colours = torch.rand((bsz, nv, 3), generator=generator)
+        backgrounds = torch.where(pick, colours, backgrounds.cpu()).to(bg.device)
+        target = recomposite(b["views"], alpha_t, tuple(teacher.background), backgrounds)
+    on_background = r.rgb + (1 - r.alpha) * backgrounds[:, :, None, None, :]
     terms = explicit_supervision_loss(
-        r.rgb, r.alpha, b["views"], alpha_t, cfg.alpha_weight, perceptual, cfg.perceptual_weight
+        on_background, r.alpha, target, alpha_t, cfg.alpha_weight, perceptual, cfg.perceptual_weight
     )
     losses = {"exp_" + k: v for k, v in terms.items()}
+    pcfg = getattr(model, "module", model).config
+    losses.update(gaussian_health(g.opacity_logits, g.log_scales, pcfg.min_scale, pcfg.max_scale))
     ramp = ramp_weight(step, *cfg.implicit_ramp)
     total = terms["total"]
+    if cfg.surface_weight > 0:
+        pcfg_grid = pcfg.grid_resolution
+        means = g.means.reshape(bsz, nv, pcfg_grid * pcfg_grid, 3)
+        rot, trans = b["viewmats"][..., 2:3, :3], b["viewmats"][..., 2:3, 3]  # camera z row
+        own_z = (means @ rot.transpose(-1, -2))[..., 0] + trans  # [B, V, G*G]
+        losses["surface"] = surface_consistency_loss(
+            own_z.reshape(bsz, nv, pcfg_grid, pcfg_grid), r.depth, r.alpha, alpha_t
+        )
+        total = total + cfg.surface_weight * losses["surface"]
+    if cfg.solid_weight > 0:  # seen from anywhere, every pixel is the object or empty: no half-transparent shell
+        az = 360.0 * torch.rand((), generator=generator).item()
+        lo, hi = cfg.solid_elevation_range
+        el = lo + (hi - lo) * torch.rand((), generator=generator).item()
+        around = teacher.cameras(az, el, resolution=res)
+        with torch.autocast(device_type=b["noise"].device.type, enabled=False):
+            r3 = render(g, around.viewmats.to(bg.device), around.Ks.to(bg.device), res, res, backend=cfg.render_backend)
+        losses["solid"] = opacity_decision_loss(r3.alpha.flatten(1))
+        total = total + cfg.solid_weight * losses["solid"]
+    if cfg.opacity_weight > 0:
+        losses["opacity_decision"] = opacity_decision_loss(torch.sigmoid(g.opacity_logits.float()))
+        total = total + cfg.opacity_weight * losses["opacity_decision"]
     if ramp > 0 and cfg.implicit_weight > 0 and micro % cfg.implicit_every == 0:
         lo, hi = cfg.implicit_azimuth_range
         az = lo + (hi - lo) * torch.rand((), generator=generator).item()
@@ -308,6 +348,10 @@ def _train(accelerator, cfg: DistillConfig, reporter: Reporter | None) -> dict[s
                 "time": time.time(),
             }
             t_last, window = now, []
+            health = {k: entry[k] for k in ("stat_opacity_mean", "stat_scale_at_bound") if k in entry}
+            if health:  # every rank sees the same (mean) numbers, so all stop together
+                mean_health = accelerator.reduce(torch.tensor(list(health.values()), device=accelerator.device), "mean")
+                check_health(dict(zip(health, mean_health.tolist())), step)  # a collapse stops here: no export
             record["history"].append(entry)
             if accelerator.is_main_process:
                 with open(out / "log.jsonl", "a") as f:

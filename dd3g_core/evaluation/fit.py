@@ -2,7 +2,10 @@
 
 What a 3D-consistent reproduction of the teacher's OI reaches with the student's own budget: the
 same number of Gaussians, rendered by the same renderer at the same cameras C, optimised with Adam
-on the RGB error against OI (on the teacher's background) for each object separately. A student
+for each object separately on the student's explicit objective: the RGB error against OI, half of the
+views moved onto random background colours, plus the alpha error against OI's matte (with the
+student's dead zone for the teacher's background noise). On the teacher's background alone, faint
+white Gaussians would cost nothing and the ceiling would be fog. A student
 cannot beat it at C by being 3D-consistent; its novel views against ground truth say what the
 teacher's four views allow a reconstruction to recover.
 
@@ -36,7 +39,12 @@ def fit_gaussians(
     init_radius: float = 0.5,
     init_scale: float = 0.03,
     backend: str = "auto",
-) -> tuple[Gaussians, list[float]]:  # (batched Gaussians [B, N], loss per step)
+    alpha_floor: float = 0.03,
+    alpha_softness: float = 0.08,
+    alpha_weight: float = 1.0,
+    random_background: float = 0.5,
+) -> tuple[Gaussians, list[float]]:  # (batched Gaussians [B, N], RGB MSE on the teacher's background per step)
+    from ..distill.losses import alpha_from_background, recomposite
     from ..render import render
 
     b, v, _, r, _ = targets.shape
@@ -55,18 +63,26 @@ def fit_gaussians(
     opt = torch.optim.Adam([{"params": [p], "lr": LEARNING_RATES[k]} for k, p in params.items()])
     bg = torch.tensor(background, dtype=torch.float32, device=dev)
     vm, ks = viewmats.to(dev).expand(b, -1, -1, -1), Ks.to(dev).expand(b, -1, -1, -1)
+    matte = alpha_from_background(targets, tuple(background), alpha_softness, alpha_floor)  # [B, V, 1, R, R]
     losses: list[float] = []
     for step in range(steps):
         for group in opt.param_groups:  # cosine decay to 10 %: coarse placement first, then detail
             group.setdefault("initial_lr", group["lr"])
             group["lr"] = group["initial_lr"] * (0.1 + 0.45 * (1 + math.cos(math.pi * step / max(steps, 1))))
         g = Gaussians(**params)
-        out = render(g, vm, ks, r, r, background=bg, backend=backend)
-        loss = (out.rgb.permute(0, 1, 4, 2, 3) - targets).pow(2).mean()
+        out = render(g, vm, ks, r, r, background=None, backend=backend)  # premultiplied
+        pick = torch.rand((b, v, 1), generator=gen) < random_background
+        backgrounds = torch.where(pick, torch.rand((b, v, 3), generator=gen), bg.cpu().expand(b, v, 3)).to(dev)
+        pred = (out.rgb + (1 - out.alpha) * backgrounds[:, :, None, None, :]).permute(0, 1, 4, 2, 3)
+        target = recomposite(targets, matte, tuple(background), backgrounds)
+        alpha_error = (out.alpha.permute(0, 1, 4, 2, 3) - matte).pow(2).mean()
+        loss = (pred - target).pow(2).mean() + alpha_weight * alpha_error
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        losses.append(float(loss.detach()))
+        with torch.no_grad():  # the number reported: RGB error on the teacher's own background
+            on_bg = out.rgb + (1 - out.alpha) * bg
+            losses.append(float((on_bg.permute(0, 1, 4, 2, 3) - targets).pow(2).mean()))
     with torch.no_grad():
         fitted = Gaussians(**{k: p.detach().clone() for k, p in params.items()})
     return fitted, losses

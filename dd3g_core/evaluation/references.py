@@ -31,7 +31,9 @@ from .heldout import HeldoutSet, NovelCameras, heldout_noise, heldout_set
 
 __all__ = ["References", "build_references", "save_references", "load_references", "REFERENCES_FORMAT"]
 
-REFERENCES_FORMAT = "dd3g-eval-references-1"
+REFERENCES_FORMAT = (
+    "dd3g-eval-references-2"  # 2: the fit ceiling on the student's objective (matte, random backgrounds)
+)
 TENSORS = "references.safetensors"
 META = "references.json"
 GAUSSIAN_FIELDS = ("means", "quats", "log_scales", "opacity_logits", "sh")

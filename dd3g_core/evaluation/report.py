@@ -38,6 +38,7 @@ TABLE_COLUMNS = [
     ("iou@{d}", "IoU@{d}", "{:.3f}"),
     ("fog_alpha@{d}", "fog α@{d}", "{:.3f}"),
     ("fog_black@{d}", "fog on black@{d}", "{:.3f}"),
+    ("outside_alpha@{d}", "outside α@{d}", "{:.3f}"),
     ("diversity", "diversity dB", "{:.2f}"),
 ]
 
@@ -68,6 +69,7 @@ def headline_metrics(result: dict, refs) -> dict[str, float]:
         f"iou@{d}",
         f"fog_alpha@{d}",
         f"fog_black@{d}",
+        f"outside_alpha@{d}",
         f"psnr@{r}",
         "diversity",
         f"lpips@{d}",
@@ -272,9 +274,11 @@ def write_report(result: dict, refs, settings, teacher, out_dir: str | Path, hea
         _table(result, refs),
         "",
         "agree: PSNR at the teacher's cameras against its OI from the same N (seen = the input's view). "
-        "PSNR/SSIM/LPIPS/IoU: novel cameras against ground truth on the teacher's background. fog: mean alpha, "
-        f"and brightness on black, in a band of {settings.fog_band:.0%} of the image side around the object where "
-        "the ground truth is empty. diversity: PSNR between two noise draws (lower = more diverse). "
+        "PSNR/SSIM/LPIPS/IoU: novel cameras against ground truth on the teacher's background. outside α: mean "
+        f"alpha in a band of {settings.fog_band:.0%} of the image side around the object where the ground truth is "
+        "empty (a silhouette error counts as much as haze). fog: the same band without the pixels within one "
+        "teacher pixel of the render's own solid part (alpha >= 0.5): haze, as alpha and as brightness on black. "
+        "diversity: PSNR between two noise draws (lower = more diverse). "
         f"Teacher row: {result['methods'][-2].info.get('note', '')}.",
         "",
     ]

@@ -9,7 +9,9 @@ Names (``@r``: at resolution r; the teacher's R and the display resolution):
   against the teacher's OI from the same N (seen = view 0, the input's view), averaged over draws;
 * ``gt_seen`` / ``gt_unseen``: the same renders against ground truth at C;
 * ``psnr@r``, ``ssim@r``, ``lpips@r`` (display only, when local weights exist), ``iou@r``,
-  ``fog_alpha@r``, ``fog_black@r``: at the novel cameras against ground truth, draw 0;
+  ``fog_alpha@r``, ``fog_black@r`` (haze: away from the render's own solid part), ``outside_alpha@r``,
+  ``outside_black@r`` (the whole band outside the ground truth, silhouette errors included): at the
+  novel cameras against ground truth, draw 0 (``metrics.fog``);
   ``psnr@r_el<e>``: the novel cameras at elevation e only;
 * ``diversity``: PSNR between the renders at C of draws 0 and 1 (lower = more diverse).
 """
@@ -83,9 +85,10 @@ def score_images_novel(
     if lpips is not None and resolution == max(refs.data.novel_premul):
         scores.add("lpips" + tag, lpips(pred, gt).mean(1))
     scores.add("iou" + tag, foreground_iou(alpha, gt_alpha).mean(1))
-    f = fog(alpha, premul, gt_alpha, _band_px(settings, resolution))
-    scores.add("fog_alpha" + tag, f["fog_alpha"].mean(1))
-    scores.add("fog_black" + tag, f["fog_black"].mean(1))
+    margin = max(1, round(resolution / min(refs.data.novel_premul)))  # one pixel of the teacher's resolution
+    f = fog(alpha, premul, gt_alpha, _band_px(settings, resolution), margin)
+    for name in ("fog_alpha", "fog_black", "outside_alpha", "outside_black"):
+        scores.add(name + tag, f[name].mean(1))
 
 
 def _render_novel(g: Gaussians, refs, resolution: int, backend: str) -> tuple[Tensor, Tensor]:

@@ -189,6 +189,15 @@ class PEPDConfig:
     max_scale: float = 0.08
     init_scale: float = 0.02  # the heads' bias initialisation
     init_opacity: float = 0.1
+    # 3D smoothing filter (Mip-Splatting's, tied to the pixel footprint): every Gaussian's scale is
+    # sqrt(s² + (footprint_filter · depth · cell angle)²), so nothing is thinner than that fraction of a
+    # Gaussian-grid cell at its depth; 0 = off. Without it, Gaussians that the 2D dilation of the 32 px
+    # training renders made look solid fall apart into dots when rendered at 128 px.
+    footprint_filter: float = 0.0
+    # --- the seen view (a direct path from II to the view the input was taken from) ---
+    input_view: int = -1  # index of the generated view whose camera is II's (-1: none, no skip)
+    # that view's Gaussians start from II's pixels: colour logit + logit(II rgb), opacity logit from
+    # II's alpha (the heads predict residuals), so the seen view is reproduced sharply from the start
 
     def __post_init__(self) -> None:
         check_field_types(self)
@@ -224,6 +233,12 @@ class PEPDConfig:
             raise ValueError("need 0 < min_scale < init_scale < max_scale")
         if not 0 < self.init_opacity < 1 or self.depth_extent <= 0 or self.depth_extent >= self.radius:
             raise ValueError("need 0 < init_opacity < 1 and 0 < depth_extent < radius")
+        if self.footprint_filter < 0:
+            raise ValueError(f"footprint_filter must be >= 0, got {self.footprint_filter}")
+        if not -1 <= self.input_view < self.num_views:
+            raise ValueError(
+                f"input_view must be -1 (none) or a view index in [0, {self.num_views}), got {self.input_view}"
+            )
 
     # ------------------------------------------------------------------ derived sizes
     @property
@@ -325,7 +340,7 @@ PRESETS: dict[str, PEPDConfig] = {
     # = 4096 Gaussians (one per pixel at 32 px) + 16 II tokens (8 px patches). Sized so one
     # forward costs < 1/50 of the teacher's 25-step DDIM (benchmarks/latency.py): phase 1 is
     # ~1/3 of a full U-Net pass; truncating after 5 blocks (8x8 level) cost 30% more.
-    "tiny": PEPDConfig(),
+    "tiny": PEPDConfig(input_view=0, footprint_filter=0.5),
     # GPU profile: ImageDream's U-Net on 32x32 latents truncated after 6 decoder blocks (16x16,
     # 1280 ch): 4 x 256 view tokens + 256 image tokens (16 px patches of 256 px II), width 768,
     # 12 blocks; 8x8 Gaussians per token = 65,536 Gaussians (LGM's count).
@@ -351,5 +366,7 @@ PRESETS: dict[str, PEPDConfig] = {
         max_scale=0.05,
         init_scale=0.005,
         init_opacity=0.1,
+        footprint_filter=0.5,
+        input_view=0,
     ),
 }

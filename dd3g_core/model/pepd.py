@@ -58,6 +58,16 @@ class PEPDOutput(dict):
         return self["gaussians"]
 
 
+def _resize_straight(x: Tensor, size: tuple[int, int]) -> Tensor:  # [B, 4, H, W] straight RGBA -> [B, 4, *size]
+    """Resize through premultiplied colour, so transparent pixels' (arbitrary) colour does not bleed into edges."""
+    if tuple(x.shape[-2:]) == tuple(size):
+        return x
+    premul = torch.cat([x[:, :3] * x[:, 3:], x[:, 3:]], 1)
+    y = torch.nn.functional.interpolate(premul, size=size, mode="bilinear", antialias=True, align_corners=False)
+    alpha = y[:, 3:].clamp(0, 1)
+    return torch.cat([(y[:, :3] / alpha.clamp_min(1e-4)).clamp(0, 1), alpha], 1)
+
+
 class PEPD(nn.Module):
     def __init__(self, config: PEPDConfig | str = "tiny", *, _meta: bool = False):
         super().__init__()
@@ -147,12 +157,27 @@ class PEPD(nn.Module):
             if i == c.shape_block:
                 raw["shape"] = self.heads.read("shape", tokens[:, :n_view])
         raw["appearance"] = self.heads.read("appearance", tokens[:, :n_view])
-        fields = self.heads.activate(raw["mu"].float(), raw["shape"].float(), raw["appearance"].float(), origins, dirs)
+        seen = None
+        if c.input_view >= 0:  # II on the seen view's Gaussian grid (one Gaussian per grid cell)
+            seen = _resize_straight(self._straight_rgba(image).to(dev), grid).permute(0, 2, 3, 1)  # [B, G, G, 4]
+        cell_angle = (image_size / c.grid_resolution) / Ks[..., 0, 0].to(dev, torch.float32)  # [B, V] radians
+        fields = self.heads.activate(
+            raw["mu"].float(), raw["shape"].float(), raw["appearance"].float(), origins, dirs, seen, cell_angle
+        )
         depth = fields.pop("depth")
         return PEPDOutput(gaussians=Gaussians(**fields), depth=depth)
 
     def _image_input(self, image: Tensor) -> Tensor:  # -> [B, 4, R, R] straight RGBA in [0, 1]
         c = self.config
+        x = self._straight_rgba(image)
+        if x.shape[-1] != c.image_resolution:
+            x = torch.nn.functional.interpolate(
+                x, size=(c.image_resolution,) * 2, mode="bilinear", antialias=True, align_corners=False
+            )
+        return x.clamp(0, 1)
+
+    @staticmethod
+    def _straight_rgba(image: Tensor) -> Tensor:  # [B, 3|4, H, H] (float or uint8) -> [B, 4, H, H] float in [0, 1]
         if image.ndim != 4 or image.shape[1] not in (3, 4):
             raise ValueError(f"image must be [B, 4 (RGBA) or 3 (RGB), H, W], got {list(image.shape)}")
         x = image.float() / 255.0 if image.dtype == torch.uint8 else image.float()
@@ -160,10 +185,6 @@ class PEPD(nn.Module):
             x = torch.cat([x, torch.ones_like(x[:, :1])], 1)
         if x.shape[-1] != x.shape[-2]:
             raise ValueError(f"image must be square (recentre/pad first), got {x.shape[-2]}x{x.shape[-1]}")
-        if x.shape[-1] != c.image_resolution:
-            x = torch.nn.functional.interpolate(
-                x, size=(c.image_resolution,) * 2, mode="bilinear", antialias=True, align_corners=False
-            )
         return x.clamp(0, 1)
 
     # ------------------------------------------------------------------ initialisation / sizes
