@@ -5,8 +5,10 @@
   object in the report, never averaged away; a broken student must not look evaluated);
 * ``student_beats_copy_input`` (WARN): the student agrees with the teacher's unseen views better than
   copying the input image does (``agree_unseen`` minus the copy-input row's);
-* ``student_is_not_fog`` (WARN): mean alpha in the band around each object where the ground truth is
-  empty, at display resolution, at most ``FOG_BAR`` (issue #14's bar).
+* ``student_is_not_fog`` (WARN): haze, the mean alpha in the band around each object where the ground
+  truth is empty and the render is not solid nearby (``dd3g_core.evaluation.metrics.fog``), at display
+  resolution, at most ``FOG_BAR`` (issue #14's bar); ``outside_alpha`` (silhouette errors included)
+  rides along as metadata.
 """
 
 import json
@@ -90,5 +92,9 @@ def evaluation_checks(evaluation: dict):
         check_name="student_is_not_fog",
         passed=bool(fog is not None and fog <= FOG_BAR),
         severity=dg.AssetCheckSeverity.WARN,
-        metadata={"fog_alpha": float(fog if fog is not None else math.nan), "bar": FOG_BAR},
+        metadata={
+            "fog_alpha": float(fog if fog is not None else math.nan),
+            "outside_alpha": float(h.get(f"outside_alpha_{display}", math.nan)),
+            "bar": FOG_BAR,
+        },
     )
