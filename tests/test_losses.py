@@ -192,3 +192,7 @@ def test_surface_consistency_is_zero_when_each_view_sees_its_own_gaussians():
     assert surface_consistency_loss(own, alone.depth, alone.alpha, target) < 1e-4
     assert surface_consistency_loss(own, hidden.depth, hidden.alpha, target) == pytest.approx(0.25, rel=0.05)
     assert surface_consistency_loss(own, hidden.depth, hidden.alpha, torch.zeros_like(target)) == 0  # no object
+    finer = torch.full((1, 1, 16, 16), 1.5)  # a Gaussian grid finer than the render: pooled to the render's
+    assert surface_consistency_loss(finer, hidden.depth, hidden.alpha, target) == pytest.approx(0.25, rel=0.05)
+    with pytest.raises(ValueError, match="multiple"):
+        surface_consistency_loss(torch.full((1, 1, 6, 6), 1.5), hidden.depth, hidden.alpha, target)

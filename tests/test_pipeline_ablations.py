@@ -56,15 +56,17 @@ def test_distill_leaves_the_ablations_to_the_ablations_job():
     assert {k.to_user_string() for k in node.parent_keys} == {"teacher", "teacher_trajectories"}
 
 
-def test_pepd_student_versions_are_unchanged_by_the_refactor():
-    """Hashes taken from the inline version dict of pepd_student before the launch moved to
-    pipelines.student_training: on-disk pepd_student runs stay cache hits."""
+def test_pepd_student_versions_are_pinned():
+    """The version formula is pinned, so a refactor cannot silently turn on-disk pepd_student runs into
+    misses (or, worse, hits of another recipe). Issue #14's recipe changed the distill config, so its
+    versions changed on purpose: 452596319e36590d -> ac6b4a075a4c48f4 (smoke), bc666a8d7b557547 ->
+    a9a0d048ef30d8e0 (full)."""
     teacher, traj = {"content_hash": "a" * 64}, Path("/data/teacher_trajectories/v123")
     smoke = get_profile("smoke").distill
     full = apply_overrides(get_profile("full").distill, ["steps=7", "lr=0.001"])
     assert CODE_VERSION == "2"
-    assert student_version(student_version_inputs(CODE_VERSION, smoke, teacher, traj)) == "452596319e36590d"
-    assert student_version(student_version_inputs(CODE_VERSION, full, teacher, traj)) == "bc666a8d7b557547"
+    assert student_version(student_version_inputs(CODE_VERSION, smoke, teacher, traj)) == "ac6b4a075a4c48f4"
+    assert student_version(student_version_inputs(CODE_VERSION, full, teacher, traj)) == "a9a0d048ef30d8e0"
     inputs = student_version_inputs(CODE_VERSION, full, teacher, traj)
     assert inputs == {
         "code": "2",

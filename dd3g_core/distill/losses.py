@@ -126,13 +126,15 @@ def surface_consistency_loss(
     hull), where no explicit gradient reaches it: it keeps the heads' grey and shows up as a ghost at
     every other angle; and the other views' Gaussians may cover the seen view's. The expected depth of
     the full render at camera k is pulled to the own Gaussian's depth and back, so in the consistent
-    state the own Gaussian is in front and the rest are occluded. ``H, W`` may be a multiple of ``G``
-    (the render is average-pooled to the Gaussian grid)."""
+    state the own Gaussian is in front and the rest are occluded. ``H`` and ``G`` may differ by an integer
+    factor: both are average-pooled to the coarser grid."""
     b, v, g = own_depth.shape[:3]
     h = render_depth.shape[2]
-    if h % g:
-        raise ValueError(f"render size {h} is not a multiple of the Gaussian grid {g}")
-    pool = lambda x: F.avg_pool2d(x.flatten(0, 1), h // g).reshape(b, v, g, g)  # [B, V, 1, H, W] -> [B, V, G, G]
+    if h % g and g % h:
+        raise ValueError(f"render size {h} and Gaussian grid {g}: one must be a multiple of the other")
+    side = min(g, h)  # compare on the coarser of the two grids
+    pool = lambda x: F.avg_pool2d(x.flatten(0, 1), x.shape[-1] // side).reshape(b, v, side, side)  # [B, V, 1, n, n]
+    own_depth = pool(own_depth[:, :, None])
     alpha = pool(render_alpha.permute(0, 1, 4, 2, 3))
     weighted = pool((render_depth * render_alpha).permute(0, 1, 4, 2, 3))  # alpha-weighted depth sum
     expected = weighted / alpha.clamp_min(1e-3)
