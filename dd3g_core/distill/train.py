@@ -116,13 +116,11 @@ def compute_losses(
     ramp = ramp_weight(step, *cfg.implicit_ramp)
     total = terms["total"]
     if cfg.surface_weight > 0:
-        pcfg_grid = pcfg.grid_resolution
-        means = g.means.reshape(bsz, nv, pcfg_grid * pcfg_grid, 3)
+        grid = pcfg.grid_resolution
+        means = g.means.reshape(bsz, nv, grid * grid, 3)
         rot, trans = b["viewmats"][..., 2:3, :3], b["viewmats"][..., 2:3, 3]  # camera z row
         own_z = (means @ rot.transpose(-1, -2))[..., 0] + trans  # [B, V, G*G]
-        losses["surface"] = surface_consistency_loss(
-            own_z.reshape(bsz, nv, pcfg_grid, pcfg_grid), r.depth, r.alpha, alpha_t
-        )
+        losses["surface"] = surface_consistency_loss(own_z.reshape(bsz, nv, grid, grid), r.depth, r.alpha, alpha_t)
         total = total + cfg.surface_weight * losses["surface"]
     if cfg.solid_weight > 0:  # seen from anywhere, every pixel is the object or empty: no half-transparent shell
         az = 360.0 * torch.rand((), generator=generator).item()

@@ -32,6 +32,7 @@ from torch import Tensor, nn
 
 from ..cameras import pixel_rays, plucker
 from ..gaussians import Gaussians
+from ..images import resize_square
 from ..io import atomic_directory, atomic_write_json
 from ..teacher.interface import Condition
 from ..teacher.unet import MultiViewUNet
@@ -58,12 +59,12 @@ class PEPDOutput(dict):
         return self["gaussians"]
 
 
-def _resize_straight(x: Tensor, size: tuple[int, int]) -> Tensor:  # [B, 4, H, W] straight RGBA -> [B, 4, *size]
+def _resize_straight(x: Tensor, size: int) -> Tensor:  # [B, 4, H, H] straight RGBA -> [B, 4, size, size]
     """Resize through premultiplied colour, so transparent pixels' (arbitrary) colour does not bleed into edges."""
-    if tuple(x.shape[-2:]) == tuple(size):
+    if x.shape[-1] == size:
         return x
     premul = torch.cat([x[:, :3] * x[:, 3:], x[:, 3:]], 1)
-    y = torch.nn.functional.interpolate(premul, size=size, mode="bilinear", antialias=True, align_corners=False)
+    y = resize_square(premul, size)
     alpha = y[:, 3:].clamp(0, 1)
     return torch.cat([(y[:, :3] / alpha.clamp_min(1e-4)).clamp(0, 1), alpha], 1)
 
@@ -159,7 +160,7 @@ class PEPD(nn.Module):
         raw["appearance"] = self.heads.read("appearance", tokens[:, :n_view])
         seen = None
         if c.input_view >= 0:  # II on the seen view's Gaussian grid (one Gaussian per grid cell)
-            seen = _resize_straight(self._straight_rgba(image).to(dev), grid).permute(0, 2, 3, 1)  # [B, G, G, 4]
+            seen = _resize_straight(self._straight_rgba(image).to(dev), c.grid_resolution).permute(0, 2, 3, 1)
         cell_angle = (image_size / c.grid_resolution) / Ks[..., 0, 0].to(dev, torch.float32)  # [B, V] radians
         fields = self.heads.activate(
             raw["mu"].float(), raw["shape"].float(), raw["appearance"].float(), origins, dirs, seen, cell_angle
@@ -169,11 +170,7 @@ class PEPD(nn.Module):
 
     def _image_input(self, image: Tensor) -> Tensor:  # -> [B, 4, R, R] straight RGBA in [0, 1]
         c = self.config
-        x = self._straight_rgba(image)
-        if x.shape[-1] != c.image_resolution:
-            x = torch.nn.functional.interpolate(
-                x, size=(c.image_resolution,) * 2, mode="bilinear", antialias=True, align_corners=False
-            )
+        x = resize_square(self._straight_rgba(image), c.image_resolution)
         return x.clamp(0, 1)
 
     @staticmethod
