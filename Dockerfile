@@ -26,8 +26,8 @@ RUN python3.11 -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 
 WORKDIR /opt/dd3g
-# torch first and pinned (the PyPI Linux wheel of 2.13.0 is the CUDA build)
-RUN pip install --upgrade pip && pip install "torch==2.13.0"
+# pip pinned, then torch first and pinned (the PyPI Linux wheel of 2.13.0 is the CUDA build)
+RUN pip install "pip==26.3" && pip install "torch==2.13.0"
 COPY pyproject.toml README.md ./
 COPY dd3g_core ./dd3g_core
 COPY pipelines ./pipelines

@@ -15,7 +15,8 @@ Each :class:`Profile` holds one settings object per stage: ``rgba`` (:class:`RGB
 ``trajectories`` (:class:`TrajectoryCacheConfig`), ``teacher`` (:class:`TeacherSettings`),
 ``distill`` (:class:`DistillConfig`) and ``evaluation`` (:class:`EvaluationSettings`), plus ``limits``
 (:class:`StageLimits`: how many rejects a shard partition may have before it fails; no stage version
-depends on them). The Dagster
+depends on them) and ``promotion`` (:class:`PromotionSettings`: the nightly retrain and its regression
+gate). The Dagster
 pipeline reads it once (``pipelines.resources``); ``python -m dd3g_core.distill.train --preset NAME``
 takes the profile's ``distill`` settings.
 
@@ -29,7 +30,8 @@ sizes, or the small full profile the tests run on CPU::
      "teacher": {"path": "/models/imagedream-ipmv-diffusers"},
      "distill": {"steps": 20000, "model_overrides": {"depth": 8}},
      "evaluation": {"heldout_objects": 32},
-     "limits": {"rgba_max_reject_share": 0.7}}
+     "limits": {"rgba_max_reject_share": 0.7},
+     "promotion": {"cron": "30 3 * * *", "timezone": "Europe/Paris", "gate": {"psnr_{display}": 0.2}}}
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,6 +47,7 @@ from typing import Any, Literal
 
 from .distill.config import DistillConfig
 from .paths import TINY_TEACHER_DIR
+from .promotion.gate import DEFAULT_GATE, check_gate_spec
 from .synthesis.config import QualityFilters, RGBASynthesisConfig
 from .trajectories.config import TrajectoryCacheConfig
 
@@ -52,6 +56,7 @@ __all__ = [
     "TeacherSettings",
     "EvaluationSettings",
     "StageLimits",
+    "PromotionSettings",
     "PROFILES",
     "PROFILE_ENV",
     "TEACHER_PATH_ENV",
@@ -62,7 +67,7 @@ __all__ = [
 PROFILE_ENV = "DD3G_PROFILE"
 TEACHER_PATH_ENV = "DD3G_TEACHER_PATH"
 STAGES = ("rgba", "trajectories", "teacher", "distill", "evaluation")
-SECTIONS = (*STAGES, "limits")  # what a profile (file) sets
+SECTIONS = (*STAGES, "limits", "promotion")  # what a profile (file) sets
 
 
 @dataclass(frozen=True)
@@ -169,6 +174,54 @@ class StageLimits:
         return dataclasses.asdict(self)
 
 
+_CRON_FIELD = re.compile(r"^[0-9A-Za-z*/,\-?]+$")
+
+
+@dataclass(frozen=True)
+class PromotionSettings:
+    """The nightly retrain (``pipelines.schedules.nightly_retrain``) and the gate a retrained student must pass
+    to become the accepted one (``dd3g_core.promotion``).
+
+    ``gate``: headline metric (``{display}`` = the display resolution) -> the largest regression allowed
+    against the accepted student, in the metric's unit; whether higher or lower is better is the metric's.
+    ``warm_start``: a retrain starts from the accepted student's weights (False: from the teacher, as
+    ``distill`` does). ``cron`` / ``timezone``: when the schedule ticks (5-field cron, an IANA zone);
+    ``schedule_running``: the schedule starts running with ``dagster-daemon`` (False: off until switched on
+    in the UI). ``max_attempts``: a tick whose sources already had this many retrain runs that did not
+    promote is skipped until a source changes (a refused or broken retrain is not retried every night).
+    """
+
+    gate: Mapping[str, float] = field(default_factory=lambda: dict(DEFAULT_GATE))
+    warm_start: bool = True
+    cron: str = "0 2 * * *"
+    timezone: str = "UTC"
+    schedule_running: bool = True
+    max_attempts: int = 2
+
+    def __post_init__(self) -> None:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        check_gate_spec(self.gate)
+        object.__setattr__(self, "gate", {str(k): float(v) for k, v in self.gate.items()})
+        parts = str(self.cron).split()
+        if len(parts) != 5 or not all(_CRON_FIELD.match(p) for p in parts):
+            raise ValueError(f"promotion.cron must be a 5-field cron string such as '0 2 * * *', got {self.cron!r}")
+        try:
+            ZoneInfo(str(self.timezone))
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(
+                f"promotion.timezone must be an IANA time zone such as 'UTC' or 'Europe/Paris', got {self.timezone!r}"
+            ) from None
+        for name in ("warm_start", "schedule_running"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"promotion.{name} must be true or false, got {getattr(self, name)!r}")
+        if isinstance(self.max_attempts, bool) or not isinstance(self.max_attempts, int) or self.max_attempts < 1:
+            raise ValueError(f"promotion.max_attempts must be an integer >= 1, got {self.max_attempts!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**dataclasses.asdict(self), "gate": dict(self.gate)}
+
+
 @dataclass(frozen=True)
 class Profile:
     name: str
@@ -179,6 +232,7 @@ class Profile:
     distill: DistillConfig
     evaluation: EvaluationSettings = field(default_factory=EvaluationSettings)
     limits: StageLimits = field(default_factory=StageLimits)
+    promotion: PromotionSettings = field(default_factory=PromotionSettings)
 
     @property
     def num_shards(self) -> int:

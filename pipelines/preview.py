@@ -1,18 +1,430 @@
-"""Small helpers to show images in the Dagster UI (there is no image metadata type)."""
+"""Pictures in the Dagster UI: there is no image metadata type, so a picture is a base64 PNG inside a
+markdown metadata value (``![title](data:image/png;base64,...)``). Dagster 1.13's metadata table shows a
+markdown entry inline only when it is shorter than :data:`INLINE_MARKDOWN_CHARS` (1000 characters); a
+longer one, every real picture, is a ``[Show Markdown]`` link that opens it at its own size (one click:
+asset page > Overview > Metadata, or the Events tab). Only the loss sparkline is small enough to be inline.
+
+Metadata lives in the event log, so every picture is kept under :data:`MAX_PREVIEW_BYTES` (a PNG over
+it is quantised to 256 colours, then halved until it fits). Small images are upscaled nearest-neighbour
+to :data:`TILE` px so a person can judge them; alpha is shown on white and on black (or a checkerboard).
+
+* :func:`rgba_preview` (``rgba_images``, per partition): samples on white above the same on black;
+* :func:`trajectories_preview` (``teacher_trajectories``, per partition): per sample its input image (on a
+  checkerboard) then the teacher's views OI;
+* :func:`student_views` / :func:`student_ui_metadata` (``pepd_student``): the student's renders at display
+  resolution from several sides of the first held-out objects, on white and on black, the loss curve as a
+  plot (:func:`loss_curve_image`) and as an inline sparkline (:func:`loss_sparkline_markdown`), and the final
+  losses as numbers;
+* :func:`png_file_markdown`: a PNG file already written (the evaluation's pictures).
+"""
 
 from __future__ import annotations
 
 import base64
 import io
+import math
+import re
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
 
 import dagster as dg
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFont
+
+__all__ = [
+    "INLINE_MARKDOWN_CHARS",
+    "MAX_PREVIEW_BYTES",
+    "TILE",
+    "STUDENT_AZIMUTHS",
+    "png_bytes",
+    "image_markdown",
+    "png_file_markdown",
+    "inline_images",
+    "fit_tile",
+    "on_background",
+    "checkerboard",
+    "tile_grid",
+    "rgba_preview",
+    "rgba_preview_markdown",
+    "trajectories_preview",
+    "trajectories_preview_markdown",
+    "student_views",
+    "loss_curve_image",
+    "loss_sparkline_markdown",
+    "student_ui_metadata",
+]
+
+MAX_PREVIEW_BYTES = 200_000  # per picture: metadata is stored in the event log
+INLINE_MARKDOWN_CHARS = 1000  # the UI shows a markdown entry inline only below this; longer: "[Show Markdown]"
+TILE = 128  # px per image in a grid: small images are upscaled nearest-neighbour to it, large ones reduced
+STUDENT_AZIMUTHS = (0.0, 60.0, 120.0, 180.0, 240.0, 300.0)  # relative to the input view
+STUDENT_ELEVATION = 15.0  # degrees above the teacher's layout: the top of the object shows too
+WHITE, BLACK = (255, 255, 255), (0, 0, 0)
+_DATA_URI = re.compile(r"!\[([^\]]*)\]\(data:image/png;base64,([A-Za-z0-9+/=]+)\)")
 
 
-def image_markdown(image: np.ndarray, title: str = "preview") -> dg.MetadataValue:
-    """A base64 PNG inside a markdown metadata value."""
-    buf = io.BytesIO()
-    Image.fromarray(np.asarray(image, dtype=np.uint8)).save(buf, format="PNG")
-    b64 = base64.b64encode(buf.getvalue()).decode()
-    return dg.MetadataValue.md(f"![{title}](data:image/png;base64,{b64})")
+# -- encoding -------------------------------------------------------------------------------------------
+
+
+def png_bytes(image: np.ndarray | Image.Image, max_bytes: int = MAX_PREVIEW_BYTES) -> bytes:
+    """PNG of ``image`` (uint8 [H, W, 3|4]) within ``max_bytes``: as is, else quantised to 256 colours,
+    else also halved in size until it fits."""
+    img = image if isinstance(image, Image.Image) else Image.fromarray(np.asarray(image, dtype=np.uint8))
+
+    def encode(im: Image.Image) -> bytes:
+        buf = io.BytesIO()
+        im.save(buf, format="PNG", optimize=True)
+        return buf.getvalue()
+
+    data = encode(img)
+    if len(data) <= max_bytes:
+        return data
+    method = Image.Quantize.FASTOCTREE if img.mode == "RGBA" else Image.Quantize.MEDIANCUT
+    while True:
+        data = encode(img.quantize(256, method=method))
+        if len(data) <= max_bytes or min(img.size) < 32:
+            return data
+        img = img.resize((img.width // 2, img.height // 2), Image.Resampling.BOX)
+
+
+def _png_markdown(png: bytes, title: str, caption: str = "") -> str:
+    md = f"![{title}](data:image/png;base64,{base64.b64encode(png).decode()})"
+    return md + (f"\n\n{caption}" if caption else "")
+
+
+def image_markdown(
+    image: np.ndarray, title: str = "preview", caption: str = "", max_bytes: int = MAX_PREVIEW_BYTES
+) -> dg.MetadataValue:
+    """A base64 PNG (within ``max_bytes``) inside a markdown metadata value, ``caption`` below it."""
+    return dg.MetadataValue.md(_png_markdown(png_bytes(image, max_bytes), title, caption))
+
+
+def png_file_markdown(path: str | Path, title: str, max_bytes: int = MAX_PREVIEW_BYTES) -> str:
+    """Markdown showing a PNG file inline: its bytes as they are when within ``max_bytes``, else re-encoded."""
+    data = Path(path).read_bytes()
+    if len(data) > max_bytes:
+        with Image.open(io.BytesIO(data)) as im:
+            data = png_bytes(im.convert("RGBA" if "A" in im.getbands() else "RGB"), max_bytes)
+    return _png_markdown(data, title)
+
+
+def inline_images(markdown: str) -> list[tuple[str, Image.Image]]:
+    """The (title, image) of every inline PNG in a markdown text (what the UI shows; for tests and tools)."""
+    out = []
+    for title, b64 in _DATA_URI.findall(markdown):
+        im = Image.open(io.BytesIO(base64.b64decode(b64)))
+        im.load()
+        out.append((title, im))
+    return out
+
+
+# -- tiles and grids ------------------------------------------------------------------------------------
+
+
+def fit_tile(image: np.ndarray, size: int = TILE) -> np.ndarray:
+    """A square uint8 image at ``size`` px: nearest-neighbour when enlarging (pixels stay visible), box
+    filtered when reducing."""
+    image = np.asarray(image, dtype=np.uint8)
+    if image.shape[0] == size and image.shape[1] == size:
+        return image
+    resample = Image.Resampling.NEAREST if max(image.shape[:2]) <= size else Image.Resampling.BOX
+    return np.asarray(Image.fromarray(image).resize((size, size), resample))
+
+
+def checkerboard(height: int, width: int, cell: int = 8) -> np.ndarray:  # uint8 [H, W, 3]
+    yy, xx = np.mgrid[:height, :width]
+    light = ((yy // cell + xx // cell) % 2 == 0)[..., None]
+    return np.where(light, 255, 204).astype(np.uint8).repeat(3, axis=-1)
+
+
+def on_background(rgba: np.ndarray, background: tuple[int, int, int] | str) -> np.ndarray:
+    """A straight-alpha uint8 RGBA image composited on a colour (0..255) or ``"checker"``."""
+    rgba = np.asarray(rgba, dtype=np.uint8)
+    a = rgba[..., 3:].astype(np.float32) / 255.0
+    if isinstance(background, str):
+        bg = checkerboard(*rgba.shape[:2], cell=max(2, rgba.shape[0] // 8)).astype(np.float32)
+    else:
+        bg = np.asarray(background, np.float32).reshape(1, 1, 3)
+    return np.clip(np.rint(rgba[..., :3] * a + bg * (1.0 - a)), 0, 255).astype(np.uint8)
+
+
+def tile_grid(rows: Sequence[Sequence[np.ndarray]], pad: int = 2, pad_value: int = 128) -> np.ndarray:
+    """Rows of equally sized RGB tiles as one image, ``pad`` px of grey between them."""
+    from dd3g_core.exports import views_grid
+
+    ncols = max(len(r) for r in rows)
+    h, w = rows[0][0].shape[:2]
+    blank = np.full((h, w, 3), pad_value, np.uint8)
+    tiles = [t for r in rows for t in (*r, *[blank] * (ncols - len(r)))]
+    return views_grid(np.stack(tiles), ncols=ncols, pad=pad, pad_value=pad_value)
+
+
+# -- stage previews -------------------------------------------------------------------------------------
+
+
+def rgba_preview(directory: str | Path, count: int = 8, per_row: int = 4, tile: int = TILE) -> np.ndarray:
+    """The first ``count`` images of a shard set: each group of ``per_row`` on white, then on black.
+    ``count`` = 8, 128 px: 4 x 4 tiles, 518 x 518 px."""
+    from dd3g_core.shards import iter_samples
+
+    images = []
+    for sample in iter_samples(directory, validate=False):
+        images.append(fit_tile(sample["rgba.png"], tile))
+        if len(images) == count:
+            break
+    if not images:
+        return tile_grid([[np.full((tile, tile, 3), 128, np.uint8)]])
+    rows = []
+    for start in range(0, len(images), per_row):
+        group = images[start : start + per_row]
+        rows += [[on_background(im, WHITE) for im in group], [on_background(im, BLACK) for im in group]]
+    return tile_grid(rows)
+
+
+def rgba_preview_markdown(directory: str | Path, partition: str, count: int = 8) -> dg.MetadataValue:
+    """``rgba_images``' ``preview`` entry of one partition: :func:`rgba_preview` with a caption."""
+    from dd3g_core.shards import read_manifest
+
+    res = (read_manifest(directory).get("config") or {}).get("resolution", "?")
+    caption = (
+        f"partition {partition}: its first {count} images ({res} px, shown at {TILE} px), each row of 4 on white "
+        "then on black: look for clean silhouettes, no colour-key fringe, objects centred and whole"
+    )
+    return image_markdown(rgba_preview(directory, count), f"rgba_images {partition}", caption)
+
+
+def trajectories_preview(
+    directory: str | Path, count: int = 4, tile: int = TILE, scan: int = 64
+) -> tuple[np.ndarray, list[str]]:
+    """Per sample a row: the input image II on a checkerboard, then the teacher's decoded views OI
+    (``views.npy``). The first ``count`` samples of a trajectory shard set with distinct input images among
+    its first ``scan`` (then other noise draws of them). Returns the image and the rows' sample keys.
+    Tiny teacher (4 views of 32 px), 128 px tiles: 4 rows x 5 columns, 648 x 518 px."""
+    from dd3g_core.shards import iter_samples
+    from dd3g_core.trajectories.sample import INPUT, VIEWS
+
+    def row(sample) -> list[np.ndarray]:
+        views = np.asarray(sample[VIEWS], dtype=np.float32)  # [V, 3, R, R] in 0..1
+        views = np.clip(np.rint(views.transpose(0, 2, 3, 1) * 255.0), 0, 255).astype(np.uint8)
+        return [on_background(fit_tile(sample[INPUT], tile), "checker"), *(fit_tile(v, tile) for v in views)]
+
+    chosen, others, seen = [], [], set()
+    for i, sample in enumerate(iter_samples(directory, validate=False)):
+        key, image = str(sample.get("__key__", i)), np.asarray(sample[INPUT])
+        digest = hash(image.tobytes())
+        (others if digest in seen else chosen).append((key, row(sample) if digest not in seen else sample))
+        seen.add(digest)
+        if len(chosen) == count or i + 1 >= scan:
+            break
+    chosen += [(key, row(sample)) for key, sample in others[: count - len(chosen)]]
+    if not chosen:
+        return tile_grid([[np.full((tile, tile, 3), 128, np.uint8)]]), []
+    return tile_grid([r for _, r in chosen]), [key for key, _ in chosen]
+
+
+def trajectories_preview_markdown(directory: str | Path, partition: str, count: int = 4) -> dg.MetadataValue:
+    """``teacher_trajectories``' ``preview`` entry of one partition: :func:`trajectories_preview` with a caption."""
+    image, keys = trajectories_preview(directory, count)
+    caption = (
+        f"partition {partition}, samples {', '.join(keys) or '(none)'}: per row the input image (on a checkerboard) "
+        f"then the teacher's views OI (shown at {TILE} px): what the student learns to reproduce; look for views "
+        "that agree with the input and with each other"
+    )
+    return image_markdown(image, f"teacher_trajectories {partition}", caption)
+
+
+def student_views(
+    pepd_dir: str | Path,
+    teacher,
+    num_objects: int = 2,
+    azimuths: Sequence[float] = STUDENT_AZIMUTHS,
+    elevation: float = STUDENT_ELEVATION,
+    display_scale: int = 4,
+    max_resolution: int = 256,
+    device: str | None = None,  # the student's; None: the teacher's
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """The student's renders of the first ``num_objects`` held-out objects (the evaluation's, noise draw 0)
+    at ``display_scale`` x the teacher's resolution (at most ``max_resolution``): per object a row on white
+    and a row on black, each the input image then ``azimuths`` (degrees from the input view) at ``elevation``
+    above the teacher's layout. Tiny (32 px teacher): 128 px tiles, 4 rows x 7 columns, 908 x 518 px.
+    Returns the image and what it shows."""
+    from dd3g_core.evaluation.heldout import heldout_noise, layout_name
+    from dd3g_core.generate import Generator
+    from dd3g_core.model import PEPD
+    from dd3g_core.render.views import orbit_views, to_uint8
+    from dd3g_core.teacher.training.data import RenderSpec, render_example
+    from dd3g_core.world import split_seeds
+
+    layout = teacher.layout
+    res = min(layout.resolution * display_scale, max_resolution)
+    generator = Generator(PEPD.from_pretrained(pepd_dir, device=device or str(teacher.device)), teacher)
+    seeds = [int(s) for s in split_seeds("heldout", num_objects)]
+    spec = RenderSpec(
+        layout=layout_name(layout), background=tuple(teacher.background), input_resolution=max(64, layout.resolution)
+    )
+    noise = heldout_noise(teacher, seeds, 0)
+    az = [float(layout.azimuths_deg[0]) + float(a) for a in azimuths]
+    el = float(layout.elevation_deg) + float(elevation)
+    rows = []
+    for i, seed in enumerate(seeds):
+        rgba = np.ascontiguousarray(render_example(seed, spec)[0].transpose(1, 2, 0))  # [S, S, 4]
+        g = generator(rgba, noise[i : i + 1].to(teacher.device))
+        premul, alpha = orbit_views(g, az, el, layout.radius, layout.fov_deg, res)  # on black, alpha
+        for color in (WHITE, BLACK):
+            bg = np.asarray(color, np.float32) / 255.0
+            renders = to_uint8(premul.numpy() + bg * (1.0 - alpha.numpy()))
+            rows.append([on_background(fit_tile(rgba, res), color), *renders])
+    info = {
+        "heldout_seeds": seeds,
+        "resolution": res,
+        "azimuths_deg": [float(a) for a in azimuths],
+        "elevation_deg": el,
+    }
+    return tile_grid(rows), info
+
+
+def _nice_step(span: float, ticks: int = 5) -> float:
+    raw = span / max(1, ticks)
+    mag = 10 ** math.floor(math.log10(raw)) if raw > 0 else 1.0
+    return next(m * mag for m in (1, 2, 2.5, 5, 10) if m * mag >= raw)
+
+
+def _font(size: int):
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:  # Pillow < 10.1: the fixed bitmap font
+        return ImageFont.load_default()
+
+
+def loss_curve_image(
+    curve: Sequence[Sequence[float]], width: int = 640, height: int = 320, title: str = "training loss (total)"
+) -> np.ndarray:  # uint8 [height, width, 3]
+    """A line plot of ``[[step, loss], ...]`` (the trainer's ``loss_curve``): log-scale loss axis when the
+    losses are positive and span more than a factor 10, grid lines, the last value in the title."""
+    pts = [(float(s), float(v)) for s, v in curve if math.isfinite(float(v))]
+    img = Image.new("RGB", (width, height), WHITE)
+    draw = ImageDraw.Draw(img)
+    font, small = _font(14), _font(11)
+    left, right, top, bottom = 64, 16, 28, 36
+    x0, x1, y0, y1 = left, width - right, top, height - bottom
+    if not pts:
+        draw.text((left, height // 2), "no finite loss values logged", fill=BLACK, font=font)
+        return np.asarray(img)
+    steps, values = [p[0] for p in pts], [p[1] for p in pts]
+    log = min(values) > 0 and max(values) / min(values) > 10
+    f = (lambda v: math.log10(v)) if log else (lambda v: v)
+    lo, hi = f(min(values)), f(max(values))
+    if hi - lo < 1e-12:
+        lo, hi = lo - 0.5, hi + 0.5
+    pad = 0.05 * (hi - lo)
+    lo, hi = lo - pad, hi + pad
+    smin, smax = min(0.0, min(steps)), max(steps)
+    smax = smax if smax > smin else smin + 1
+
+    def px(s: float, v: float) -> tuple[float, float]:
+        return x0 + (s - smin) / (smax - smin) * (x1 - x0), y1 - (f(v) - lo) / (hi - lo) * (y1 - y0)
+
+    grid, axis = (225, 225, 225), (90, 90, 90)
+    if log:
+        decades = range(math.floor(lo), math.ceil(hi) + 1)
+        yticks = [m * 10.0**e for e in decades for m in (1, 2, 5) if lo <= math.log10(m * 10.0**e) <= hi]
+        if len(yticks) > 8:  # many decades: the powers of ten only
+            yticks = [10.0**e for e in decades if lo <= e <= hi]
+    else:
+        step = _nice_step(hi - lo)
+        yticks = [k * step for k in range(math.ceil(lo / step), math.floor(hi / step) + 1)]
+    for v in yticks:
+        y = px(smin, v)[1]
+        draw.line([(x0, y), (x1, y)], fill=grid)
+        draw.text((x0 - 6, y), f"{v:.3g}", fill=axis, font=small, anchor="rm")
+    sstep = _nice_step(smax - smin)
+    for k in range(math.ceil(smin / sstep), math.floor(smax / sstep) + 1):
+        x = px(k * sstep, values[0])[0]
+        draw.line([(x, y0), (x, y1)], fill=grid)
+        draw.text((x, y1 + 6), f"{k * sstep:g}", fill=axis, font=small, anchor="mt")
+    draw.rectangle([x0, y0, x1, y1], outline=axis)
+    line = [px(s, v) for s, v in pts]
+    if len(line) > 1:
+        draw.line(line, fill=(31, 119, 180), width=2, joint="curve")
+    for x, y in line[-1:] if len(line) > 1 else line:
+        draw.ellipse([x - 3, y - 3, x + 3, y + 3], fill=(31, 119, 180))
+    scale = ", log scale" if log else ""
+    draw.text((left, 6), f"{title}{scale}: {values[-1]:.5g} at step {steps[-1]:g}", fill=BLACK, font=font)
+    draw.text(((x0 + x1) / 2, height - 4), "step", fill=axis, font=small, anchor="mb")
+    return np.asarray(img)
+
+
+def loss_sparkline_markdown(curve: Sequence[Sequence[float]], width: int = 240, height: int = 40) -> str | None:
+    """The loss curve as a 1-bit sparkline PNG small enough (markdown < :data:`INLINE_MARKDOWN_CHARS`) for the
+    UI to show it inline in the metadata table, without a click; ``None`` when it does not fit."""
+    values = [float(v) for _, v in curve if math.isfinite(float(v))]
+    if len(values) < 2:
+        return None
+    log = min(values) > 0 and max(values) / min(values) > 10
+    ys = [math.log10(v) for v in values] if log else values
+    lo, hi = min(ys), max(ys)
+    span = (hi - lo) or 1.0
+    n = len(ys)
+    pts = [(i * (width - 1) / (n - 1), (height - 2) - (y - lo) / span * (height - 3)) for i, y in enumerate(ys)]
+    while width >= 60:
+        img = Image.new("1", (width, height), 1)
+        ImageDraw.Draw(img).line([(x * width / 240, y) for x, y in pts], fill=0, width=1)
+        buf = io.BytesIO()
+        img.save(buf, format="PNG", optimize=True)
+        md = _png_markdown(buf.getvalue(), "loss")
+        if len(md) < INLINE_MARKDOWN_CHARS:
+            return md
+        width = int(width * 0.75)
+    return None
+
+
+# -- pepd_student's materialization -----------------------------------------------------------------------
+
+
+def _raw(value: Any) -> Any:
+    """A metadata entry's plain value (a MetadataValue's ``value``, or the value itself)."""
+    return value.value if isinstance(value, dg.MetadataValue) else value
+
+
+def student_ui_metadata(settings, teacher: dict, trained, log: Callable | Any = None) -> dict[str, Any]:
+    """What ``pepd_student`` adds to the trainer's report for the UI: ``final_loss`` / ``final_rgb_mse`` as
+    floats (plotted across materializations), ``loss_curve_plot`` and ``student_views`` (inline pictures).
+    A preview that cannot be made is logged and named in ``preview_error``, never failing the asset."""
+    meta: dict[str, Any] = {}
+    for key in ("final_loss", "final_rgb_mse"):
+        v = _raw(trained.metadata.get(key))
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            meta[key] = dg.MetadataValue.float(float(v))
+    curve = _raw(trained.metadata.get("loss_curve")) or []
+    meta["loss_curve_plot"] = image_markdown(
+        loss_curve_image(curve), "loss curve", f"{len(curve)} logged steps (raw pairs: `loss_curve`)"
+    )
+    sparkline = loss_sparkline_markdown(curve)
+    if sparkline is not None:
+        meta["loss_sparkline"] = dg.MetadataValue.md(sparkline)
+    warn = getattr(log, "warning", None) or (lambda m: None)
+    try:
+        from dd3g_core.teacher import load_teacher
+
+        t0 = time.perf_counter()
+        model = load_teacher(
+            teacher["path"],
+            device=settings.profile_config().teacher.device,
+            content_hash=teacher["content_hash"],
+            hash_cache=settings.hash_cache(),
+        )
+        image, info = student_views(trained.record["path"], model)
+        caption = (
+            f"held-out objects {', '.join(map(str, info['heldout_seeds']))} (the evaluation's, noise draw 0) at "
+            f"{info['resolution']} px: per object a row on white then on black, each the input image then the student "
+            f"at azimuths {', '.join(f'{a:g}°' for a in info['azimuths_deg'])} from the input view, elevation "
+            f"{info['elevation_deg']:g}° ({time.perf_counter() - t0:.1f} s). Look for one solid object that matches "
+            "the input from the front and stays plausible from the sides, without haze on black"
+        )
+        meta["student_views"] = image_markdown(image, "student views", caption)
+    except Exception as e:  # noqa: BLE001 - a picture must not fail a trained student
+        warn(f"student_views preview not made: {type(e).__name__}: {e}")
+        meta["preview_error"] = f"{type(e).__name__}: {e}"
+    return meta

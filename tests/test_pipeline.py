@@ -86,7 +86,11 @@ def test_definitions_load_and_distill_job_covers_all_partitions():
         "evaluation_complete",
         "student_beats_copy_input",
         "student_is_not_fog",
+        "no_regression_vs_accepted",
     } <= checks
+    assert parents("accepted_student") == {"pepd_student", "evaluation", "teacher"}
+    assert {s.name for s in defs.schedules} == {"nightly_retrain"}
+    assert defs.resolve_job_def("retrain").tags["dd3g/warm_start"] == "true"
 
 
 def test_materialize_partitions_cache_and_checks(tmp_path, teacher_dir):
@@ -108,6 +112,11 @@ def test_materialize_partitions_cache_and_checks(tmp_path, teacher_dir):
         ("teacher_trajectories", "finite_and_shaped"),
     }
     assert all(c.passed for c in checks), [(c.check_name, c.metadata) for c in checks]
+    # progress in the run log (issue #15): the first batch's line (done/total, rate, ETA), then the done line
+    said = [e.user_message for e in instance.all_logs(result.run_id) if e.user_message]
+    for what, total in (("rgba_images shard 00001", 4), ("teacher_trajectories shard 00001", 8)):
+        assert any(m.startswith(f"{what}: ") and f"/{total} samples (" in m and ", ETA " in m for m in said), said
+        assert any(m.startswith(f"{what} done: {total} samples in ") for m in said), said
 
     # only partition 1 exists: one shard dir on each side, the upstream one is the identity-mapped shard
     config = SMOKE.rgba
@@ -308,6 +317,11 @@ def test_distill_job_runs_from_the_dagster_cli(tmp_path):
             assert isinstance(ev.metadata["agree_unseen"], dg.FloatMetadataValue)
             assert "data:image/png;base64," in ev.metadata["report_preview"].value
             assert {"student", "fit ceiling", "teacher (OI)", "copy-input"} == set(metrics["summaries"])
+            # the first run's student passed the gate (nothing accepted before): it is the accepted student
+            from dd3g_core.promotion import read_accepted
+
+            accepted = read_accepted(tmp_path / "data")
+            assert accepted["weights_sha256"] == meta["weights_sha256"].value and accepted["previous"] is None
     finally:
         if old_home is None:
             os.environ.pop("DAGSTER_HOME", None)
@@ -323,6 +337,7 @@ def test_all_assets_are_in_the_graph():
         "pepd_student",
         "evaluation_references",
         "evaluation",
+        "accepted_student",
         "student_ablations",
         "ablation_evaluation",
     }

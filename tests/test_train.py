@@ -4,6 +4,7 @@ config, non-finite steps refused with their batch keys, and 2 gloo processes sta
 import dataclasses
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -81,13 +82,34 @@ def test_config_files_and_overrides(tmp_path):
         DistillConfig(mixed_precision="fp8")
 
 
-def test_smoke_run_exports_a_loadable_student(tmp_path, data):
+class Said:
+    """A reporter (what Dagster Pipes gets) that keeps its lines."""
+
+    def __init__(self):
+        self.lines: list[str] = []
+
+    def log(self, message: str) -> None:
+        self.lines.append(message)
+
+    def materialize(self, metadata, data_version) -> None:
+        pass
+
+
+def test_smoke_run_exports_a_loadable_student(tmp_path, data, monkeypatch):
     from dd3g_core.distill.train import train
 
+    monkeypatch.delenv("DD3G_PROGRESS_SECONDS", raising=False)  # the default: a line every 30 s
     cfg = smoke_config(data, tmp_path / "run")
-    result = train(cfg)
+    said = Said()
+    result = train(cfg, said)
     out = Path(cfg.out)
     assert result["step"] == cfg.steps
+    # a run of seconds: the reporter gets the first and the last step (done/total, s/step, ETA, losses), then done
+    step_lines = [line for line in said.lines if line.startswith("distill")]
+    line = r"distill: {}/6 steps \({}%\), [\d.]+ s/step, ETA \d+:\d\d; total -?[\d.]+ rgb [\d.]+"
+    assert re.fullmatch(line.format(1, 16), step_lines[0]) and re.fullmatch(line.format(6, 100), step_lines[-2])
+    assert all(re.fullmatch(line.format(r"\d", r"\d+"), x) for x in step_lines[1:-2])  # only on a slow machine
+    assert re.fullmatch(r"distill done: 6 steps in \d+:\d\d \([\d.]+ s/step\)", step_lines[-1])
     log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     assert [e["step"] for e in log] == list(range(1, cfg.steps + 1))
     assert all(np.isfinite(e["total"]) for e in log)

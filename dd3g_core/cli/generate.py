@@ -1,9 +1,12 @@
 """``dd3g generate``: image -> 3D Gaussians with a trained PEPD student (``dd3g_core.generate``).
 
 dd3g generate IMAGE [IMAGE ...] [--seed S] [--num-samples K] [--checkpoint DIR] [--teacher DIR] -o OUT/
+              [--data-root DIR]
               [--interpolate SEED2 [--interp-steps 8]] [--matting auto|colorkey|rembg|none]
               [--rembg-model PATH] [--input-resolution 64] [--resolution 128] [--frames 36] [--mp4]
 
+The student is ``--checkpoint``, else the accepted student of the pipeline's data root (the
+``accepted_student`` asset, ``dd3g_core.promotion``), else the shipped tiny student.
 Every input is loaded and prepared before the model is (a bad image fails in a second); outputs
 are named ``<name>_...`` with ``<name>`` unique in OUT (``claim_output_names``: ``x``, ``x-2``,
 ... for two different ``x.png``), and ``OUT/generate.json`` maps each name to its image.
@@ -11,6 +14,7 @@ are named ``<name>_...`` with ``<name>`` unique in OUT (``claim_output_names``: 
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
@@ -24,6 +28,25 @@ INTERP_STEPS = (2, 64)
 INPUT_RESOLUTION = (1, 1024)  # dd3g_core.generate.MAX_INPUT_RESOLUTION (not imported here: it pulls in torch)
 GRID_VIEWS = 8  # the views grid of every sample
 STRIP_VIEWS = 4  # views per interpolation step in the strip
+
+
+def resolve_student(checkpoint: str | None, teacher: str | None, data_root: str | None) -> tuple[Path, str | None]:
+    """``--checkpoint`` when given; else the accepted student (``dd3g_core.promotion``: its bytes verified,
+    with the teacher it was distilled from), else the shipped tiny student."""
+    if checkpoint:
+        return Path(checkpoint), teacher
+    from ..promotion import read_accepted
+
+    root = Path(data_root or os.environ.get("DD3G_DATA_ROOT") or "data")
+    accepted = read_accepted(root)  # a damaged pointer or copy: AcceptedPointerError, one line, exit 2
+    if accepted is None:
+        print(f"no accepted student under {root}: using the shipped tiny student {DEFAULT_CHECKPOINT}")
+        return Path(DEFAULT_CHECKPOINT), teacher
+    print(
+        f"using the accepted student {accepted['weights_sha256'][:16]} ({accepted['path']}, accepted "
+        f"{accepted['accepted_at']})"
+    )
+    return Path(accepted["path"]), teacher or accepted.get("teacher")
 
 
 BACKGROUNDS = {"white": (1.0, 1.0, 1.0), "black": (0.0, 0.0, 0.0)}
@@ -95,8 +118,8 @@ def _run_generate(args) -> int:
         torch.set_num_threads(args.threads)
     prepared = _prepare_all(args)
     names = claim_output_names(out, [image for image, _, _ in prepared])
-    ckpt = Path(args.checkpoint)
-    gen = Generator.load(ckpt, args.teacher)
+    ckpt, teacher = resolve_student(args.checkpoint, args.teacher, args.data_root)
+    gen = Generator.load(ckpt, teacher)
     out.mkdir(parents=True, exist_ok=True)
     ext = ".mp4" if args.mp4 else ".gif"
     bg = tuple(gen.teacher.background) if args.background == "teacher" else parse_background(args.background)
@@ -157,10 +180,20 @@ def add_generate(sub) -> None:
     p.add_argument("--num-samples", type=bounded_int("num_samples", *NUM_SAMPLES), default=1, help="seeds S, S+1, ...")
     p.add_argument(
         "--checkpoint",
-        default=str(DEFAULT_CHECKPOINT),
-        help="PEPD folder (config.json + model.safetensors); default: the shipped tiny student",
+        default=None,
+        help="PEPD folder (config.json + model.safetensors); default: the accepted student of --data-root "
+        "(the pipeline's accepted_student), else the shipped tiny student",
     )
-    p.add_argument("--teacher", default=None, help="teacher folder the student was distilled from (default: tiny)")
+    p.add_argument(
+        "--teacher",
+        default=None,
+        help="teacher folder the student was distilled from (default: the accepted student's, else tiny)",
+    )
+    p.add_argument(
+        "--data-root",
+        default=None,
+        help="the pipeline's data root, where accepted_student/ lives (default: $DD3G_DATA_ROOT, else ./data)",
+    )
     p.add_argument(
         "--interpolate",
         type=bounded_int("seed"),

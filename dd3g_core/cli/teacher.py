@@ -4,10 +4,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 from .options import bounded_int
 
 __all__ = ["add_teacher"]
+
+
+def _say(line: str) -> None:
+    """Progress lines on stderr (stdout keeps the one JSON result)."""
+    print(line, file=sys.stderr, flush=True)
 
 
 def _run_teacher_pretrain(args) -> int:
@@ -24,7 +30,9 @@ def _run_teacher_pretrain(args) -> int:
     if args.cooldown is not None:
         changes["cooldown_start"], changes["cooldown_steps"] = args.cooldown
     cfg = TeacherTrainConfig.preset(args.preset, **changes)
-    res = pretrain_tiny_teacher(cfg, args.out, resume=args.resume, export_to=args.export, max_steps=args.max_steps)
+    res = pretrain_tiny_teacher(
+        cfg, args.out, resume=args.resume, export_to=args.export, max_steps=args.max_steps, log=_say
+    )
     print(
         json.dumps(
             {
@@ -42,7 +50,7 @@ def _run_teacher_pretrain(args) -> int:
 def _run_teacher_recipe(args) -> int:
     from ..teacher.training.recipe import train_teacher_recipe
 
-    res = train_teacher_recipe(args.recipe, args.out, resume=args.resume)
+    res = train_teacher_recipe(args.recipe, args.out, resume=args.resume, log=_say)
     print(
         json.dumps(
             {

@@ -36,6 +36,7 @@ class DistillConfig:
     model: str = "tiny"  # PEPD preset
     model_overrides: Mapping[str, Any] = field(default_factory=dict)  # PEPDConfig fields to change
     init: Init = "teacher"  # phase 1 from the teacher's U-Net weights, or from scratch (ablation)
+    init_from: str | None = None  # warm start: an exported student folder (pepd/) whose weights replace `init`'s
     # --- optimisation ---
     steps: int = 1500  # optimizer steps (each = grad_accum micro-batches per process)
     batch_size: int = 8  # per process and micro-batch
@@ -155,6 +156,8 @@ class DistillConfig:
     def identity(self) -> dict[str, Any]:
         """The fields that define what is being trained (a resumed run must match them)."""
         skip = {"out", "steps", "log_every", "checkpoint_every", "keep_checkpoints", "num_workers", "torch_threads"}
+        if self.init_from is None:  # no warm start: the identity (and every run's version) as before the option
+            skip.add("init_from")
         return {k: v for k, v in self.to_dict().items() if k not in skip}
 
 

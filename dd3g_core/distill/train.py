@@ -64,12 +64,15 @@ def build_student(cfg: DistillConfig, teacher) -> PEPD:
 
     The teacher's U-Net config replaces the preset's (unless ``model_overrides`` sets ``unet``), so a
     teacher trained with an option such as ``concat_image`` gives a student with the same phase 1;
-    with ``init == "teacher"`` phase 1 then starts from the teacher's weights."""
+    with ``init == "teacher"`` phase 1 then starts from the teacher's weights. ``init_from`` (an exported
+    student folder) warm-starts every weight instead; a folder of another architecture is refused."""
     overrides = dict(cfg.model_overrides)
     overrides.setdefault("unet", teacher.unet.config)
     pcfg = PEPDConfig.preset(cfg.model).replace(**overrides)
     if pcfg.input_view >= 0 and "input_view" not in cfg.model_overrides:  # the teacher's layout says which view is II's
         pcfg = pcfg.replace(input_view=max(int(teacher.layout.input_view), -1))
+    if cfg.init_from:  # a warm start (e.g. the last accepted student): same architecture, its weights
+        return PEPD.from_pretrained(cfg.init_from, expected=pcfg).train()
     model = PEPD(pcfg)
     if cfg.init == "teacher":
         model.init_from_teacher(teacher.unet)
@@ -290,7 +293,11 @@ def _train(accelerator, cfg: DistillConfig, reporter: Reporter | None) -> dict[s
     # 5. the loop
     from tqdm.auto import tqdm
 
+    from ..progress import Progress
+
     bar = tqdm(total=cfg.steps, initial=step, disable=not accelerator.is_local_main_process, desc="distill")
+    # the reporter's (Dagster run log's) progress lines: at a log step, the first, then every ~30 s, and the last
+    progress = Progress("distill", cfg.steps, reporter.log, unit="steps", initial=step, seconds_per_unit=True)
     model.train()
     micro, consecutive_bad, t_last, window = 0, 0, time.perf_counter(), []
     data, batches_this_epoch = iter(loader), 0
@@ -355,10 +362,15 @@ def _train(accelerator, cfg: DistillConfig, reporter: Reporter | None) -> dict[s
                 with open(out / "log.jsonl", "a") as f:
                     f.write(json.dumps(entry) + "\n")
             bar.set_postfix(loss=f"{entry['total']:.4f}", rgb=f"{entry['exp_rgb']:.4f}")
-            reporter.log(f"step {step}: total {entry['total']:.5f} rgb {entry['exp_rgb']:.5f}")
+            progress.update(
+                step - progress.done,
+                note=f"total {entry['total']:.5f} rgb {entry['exp_rgb']:.5f}",
+                force=step == cfg.steps,
+            )
         if step % cfg.checkpoint_every == 0 or step == cfg.steps:
             save_checkpoint(accelerator, model, ema, step, out, record, keep=cfg.keep_checkpoints)
     bar.close()
+    progress.close()
     # 6. export the EMA weights (what `dd3g generate` loads) + the raw weights
     accelerator.wait_for_everyone()
     result = export(accelerator, model, ema, cfg, out, record, step)

@@ -17,11 +17,13 @@ fitted at once (one batched render per step); the objects are independent.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
 
 from ..gaussians import Gaussians
+from ..progress import Progress
 
 __all__ = ["fit_gaussians"]
 
@@ -43,7 +45,10 @@ def fit_gaussians(
     alpha_softness: float = 0.08,
     alpha_weight: float = 1.0,
     random_background: float = 0.5,
+    log: Callable[[str], None] | None = None,
 ) -> tuple[Gaussians, list[float]]:  # (batched Gaussians [B, N], RGB MSE on the teacher's background per step)
+    """``log``: where progress lines go (steps done / total, s/step, ETA and the last RGB MSE, every
+    ``$DD3G_PROGRESS_SECONDS``); ``None``: none."""
     from ..distill.losses import alpha_from_background, recomposite
     from ..render import render
 
@@ -65,6 +70,7 @@ def fit_gaussians(
     vm, ks = viewmats.to(dev).expand(b, -1, -1, -1), Ks.to(dev).expand(b, -1, -1, -1)
     matte = alpha_from_background(targets, tuple(background), alpha_softness, alpha_floor)  # [B, V, 1, R, R]
     losses: list[float] = []
+    progress = Progress(f"fit ceiling ({b} objects)", steps, log, unit="steps") if log is not None else None
     for step in range(steps):
         for group in opt.param_groups:  # cosine decay to 10 %: coarse placement first, then detail
             group.setdefault("initial_lr", group["lr"])
@@ -83,6 +89,10 @@ def fit_gaussians(
         with torch.no_grad():  # the number reported: RGB error on the teacher's own background
             on_bg = out.rgb + (1 - out.alpha) * bg
             losses.append(float((on_bg.permute(0, 1, 4, 2, 3) - targets).pow(2).mean()))
+        if progress is not None:
+            progress.update(1, note=f"RGB MSE {losses[-1]:.5f}")
+    if progress is not None:
+        progress.close()
     with torch.no_grad():
         fitted = Gaussians(**{k: p.detach().clone() for k, p in params.items()})
     return fitted, losses

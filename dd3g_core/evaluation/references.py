@@ -27,6 +27,7 @@ import torch
 from torch import Tensor
 
 from ..gaussians import Gaussians
+from ..progress import Progress
 from .heldout import HeldoutSet, NovelCameras, heldout_noise, heldout_set
 
 __all__ = ["References", "build_references", "save_references", "load_references", "REFERENCES_FORMAT"]
@@ -67,14 +68,15 @@ def build_references(
     log(f"held-out set: {len(data)} objects, {data.novel.num_views} novel cameras ({t_data:.0f} s)")
     cams = teacher.cameras()
     views = []
+    progress = Progress("teacher views", settings.draws * len(data), log)
     for draw in range(settings.draws):
         for start in range(0, len(data), settings.batch_size):
             sl = slice(start, start + settings.batch_size)
             cond = teacher.encode_condition(data.inputs[sl].to(teacher.device))
             oi = teacher.sample(cond, heldout_noise(teacher, data.seeds[sl], draw), cameras=cams).images
             views.append(oi.float().cpu().to(torch.float16))
-            done = draw * len(data) + min(start + settings.batch_size, len(data))
-            log(f"teacher views: {done}/{settings.draws * len(data)} ({time.perf_counter() - t0 - t_data:.0f} s)")
+            progress.update(len(oi))
+    progress.close()
     teacher_views = torch.cat(views).reshape(settings.draws, len(data), *views[0].shape[1:])
     t_teacher = time.perf_counter() - t0 - t_data
     fit, losses, t_fit = None, [], 0.0
@@ -89,6 +91,7 @@ def build_references(
             num_gaussians,
             settings.fit_steps,
             backend=backend,
+            log=log,
         )
         fit = fit.to("cpu")
         t_fit = time.perf_counter() - t1

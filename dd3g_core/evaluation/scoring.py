@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..gaussians import Gaussians
+from ..progress import Progress
 from .gaussian_stats import gaussian_statistics
 from .heldout import heldout_noise
 from .metrics import fog, foreground_iou, psnr, ssim
@@ -150,7 +151,9 @@ def score_gaussians(
     kind: str = "student",
     log: Callable[[str], None] = lambda s: None,
 ) -> MethodScores:
-    """Render a method's Gaussians at C (each draw) and at the novel cameras (draw 0) and score them."""
+    """Render a method's Gaussians at C (each draw) and at the novel cameras (draw 0) and score them.
+
+    ``log`` gets progress lines (objects done / total, rate, ETA every ``$DD3G_PROGRESS_SECONDS``)."""
     from ..render import render
 
     cams = teacher.cameras()
@@ -159,6 +162,7 @@ def score_gaussians(
     scores = MethodScores(name, kind, refs.data.seeds[:objects])
     kept: list[Gaussians] = []
     broken = torch.zeros(objects, dtype=torch.bool)
+    progress = Progress(f"scoring {name}", objects, log, unit="objects")
     for start in range(0, objects, settings.batch_size):
         sl = slice(start, min(start + settings.batch_size, objects))
         at_c = []
@@ -188,7 +192,8 @@ def score_gaussians(
                         _gallery(scores, refs, settings, sl, premul, alpha)
         if draws > 1:
             scores.add("diversity", psnr(at_c[0], at_c[1]).mean(1))
-        log(f"{name}: {sl.stop}/{objects} objects")
+        progress.update(sl.stop - sl.start)
+    progress.close()
     scores.finish()
     # agreement and gt at C were added once per draw: average the draws per object
     for k in ("agree_seen", "agree_unseen", "agree_seen_ssim", "agree_unseen_ssim", "gt_seen", "gt_unseen"):

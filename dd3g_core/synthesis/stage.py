@@ -30,11 +30,12 @@ The rules every shard stage follows (:mod:`dd3g_core.shards.rules`):
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 
+from ..progress import Progress
 from ..shards import ShardSetSummary, ShardValidationError, iter_samples, read_manifest, validate_shards, write_shards
 from ..shards.rules import RejectShareError, check_reject_share, sample_key_problem
 from .config import CODE_VERSION, STAGE, RGBASynthesisConfig, shard_dir, stage_dir, stage_version
@@ -44,6 +45,7 @@ from .postprocess import check_quality, final_stats, recentre
 from .prompts import load_prompts, prompt_for_seed
 
 log = logging.getLogger(__name__)
+_logger = log  # for functions whose `log` parameter names where progress lines go
 
 # ------------------------------------------------------------------ rules every shard stage follows
 
@@ -187,9 +189,14 @@ def _generate(backends: SynthesisBackends, seeds: Sequence[int], prompts: Sequen
 
 
 def build_shard_samples(
-    config: RGBASynthesisConfig, shard_index: int, backends: SynthesisBackends, version: str
+    config: RGBASynthesisConfig,
+    shard_index: int,
+    backends: SynthesisBackends,
+    version: str,
+    progress: Progress | None = None,
 ) -> tuple[list[dict], list[dict]]:
-    """All accepted samples and reject records of one shard (in memory; a shard is small)."""
+    """All accepted samples and reject records of one shard (in memory; a shard is small).
+    ``progress`` is told each generation batch's seeds as they are done."""
     seeds = config.shard_seeds(shard_index)
     prompts = backends.prompts
     batch = config.sdxl_batch_size if config.generator == "sdxl" else 1
@@ -206,6 +213,8 @@ def build_shard_samples(
                 errors += 1
                 rejected.append(_key_reject(config, s, problem))
         if not chunk:
+            if progress is not None:
+                progress.update(len(seeds[start : start + batch]))
             continue
         chunk_prompts, prompt_idx = [], []
         for s in chunk:
@@ -267,6 +276,8 @@ def build_shard_samples(
             else:
                 rejected.append(reject)
                 log.info("rejected %s: %s", key, reject.get("reasons"))
+        if progress is not None:
+            progress.update(len(seeds[start : start + batch]))
     if errors == len(seeds):
         raise RuntimeError(f"every sample of shard {shard_index} failed; first: {rejected[0]['error']}")
     return samples, rejected
@@ -279,12 +290,16 @@ def synthesize_shard(
     *,
     backends: SynthesisBackends | None = None,
     max_reject_share: float | None = None,
+    log: Callable[[str], None] | None = None,
 ) -> tuple[ShardSetSummary, bool]:
     """Build (or reuse) partition ``shard_index``. Returns ``(summary, cache_hit)``.
 
     ``max_reject_share``: the partition fails (:class:`RejectShareError`, nothing published) if more than
     this share of its samples is rejected or none is accepted; a published partition over it is rebuilt
-    rather than reused. ``None``: no limit (every outcome but "every sample raised" is published)."""
+    rather than reused. ``None``: no limit (every outcome but "every sample raised" is published).
+    ``log``: where progress lines go while the shard is built (:class:`~dd3g_core.progress.Progress`: samples
+    done / total, rate, ETA every ``$DD3G_PROGRESS_SECONDS``, 30 s by default); ``None``: this module's
+    ``logging`` logger at INFO."""
     config = config.resolved()
     version = stage_version(config)
     out = shard_dir(data_root, config, shard_index)
@@ -298,12 +313,15 @@ def synthesize_shard(
                 check_reject_share(STAGE, shard_index, n, n + len(rejected), rejected, max_reject_share)
             return summary, True
         except ShardValidationError as e:
-            log.warning("rebuilding damaged partition %s: %s", out, e)  # replaced atomically below
+            _logger.warning("rebuilding damaged partition %s: %s", out, e)  # replaced atomically below
         except RejectShareError as e:
-            log.warning("not reusing partition %s, it is over its reject limit: %s", out, e)
+            _logger.warning("not reusing partition %s, it is over its reject limit: %s", out, e)
     backends = backends or SynthesisBackends(config)
-    samples, rejected = build_shard_samples(config, shard_index, backends, version)
     seeds = config.shard_seeds(shard_index)
+    _ = backends.prompts, backends.generator, backends.matting  # loaded (SDXL: a minute) before the clock starts
+    progress = Progress(f"{STAGE} shard {int(shard_index):05d}", len(seeds), log or _logger.info)
+    samples, rejected = build_shard_samples(config, shard_index, backends, version, progress)
+    progress.close(f"{len(samples)} accepted, {len(rejected)} rejected")
     if max_reject_share is not None:  # before anything is written: a failed partition is never published
         check_reject_share(STAGE, shard_index, len(samples), len(seeds), rejected, max_reject_share)
     ious = [s["json"]["matting_iou"] for s in samples if "matting_iou" in s["json"]]
@@ -341,13 +359,15 @@ def synthesize_rgba(
     config: RGBASynthesisConfig,
     shards: Sequence[int] | None = None,
     max_reject_share: float | None = None,
+    log: Callable[[str], None] | None = None,
 ) -> list[ShardSetSummary]:
     """Every partition (or ``shards``) of the stage; backends are loaded once and only if needed."""
     config = config.resolved()
     backends = SynthesisBackends(config)
     indices = range(config.num_shards) if shards is None else shards
     return [
-        synthesize_shard(data_root, config, k, backends=backends, max_reject_share=max_reject_share)[0] for k in indices
+        synthesize_shard(data_root, config, k, backends=backends, max_reject_share=max_reject_share, log=log)[0]
+        for k in indices
     ]
 
 

@@ -41,8 +41,9 @@ partition that rejects more than that share of its samples, or accepts none, rai
 
 from __future__ import annotations
 
+import logging
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -50,6 +51,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..progress import Progress
 from ..shards import (
     SampleDecodeError,
     ShardSetSummary,
@@ -77,6 +79,8 @@ IMAGE_FIELD_CANDIDATES = ("rgba.png", "png", "input.png", "rgba.webp", "jpg")
 MIN_IMAGE_SIZE = 8
 
 __all__ = ["cache_shard", "load_sample", "reproduce_views"]
+
+_log = logging.getLogger(__name__)
 
 
 # ------------------------------------------------------------------------------------- caching
@@ -159,6 +163,7 @@ def cache_shard(
     shard_index: int,
     force: bool = False,
     max_reject_share: float | None = None,
+    log: Callable[[str], None] | None = None,
 ) -> tuple[ShardSetSummary, bool]:
     """Cache the teacher's trajectories for one ``rgba_images`` shard (one Dagster partition).
 
@@ -167,7 +172,9 @@ def cache_shard(
     ``max_reject_share``; otherwise the shard set is (re)built atomically. ``teacher``: a
     ``MultiViewTeacher`` (eval mode is set by ``sample``). ``max_reject_share``: a partition that
     rejects more than this share of its samples, or accepts none, raises ``RejectShareError`` and is
-    not published (``None``: no limit).
+    not published (``None``: no limit). ``log``: where progress lines go while the shard is computed
+    (:class:`~dd3g_core.progress.Progress`: samples done / total, rate, ETA every ``$DD3G_PROGRESS_SECONDS``,
+    30 s by default); ``None``: this module's ``logging`` logger at INFO.
     """
     rgba = validate_shards(rgba_shard_dir)
     up_version = upstream_version(rgba_shard_dir, rgba.manifest)
@@ -238,10 +245,13 @@ def cache_shard(
         stats["teacher_seconds"] += time.perf_counter() - t0
         return noise, out_
 
-    written = 0
+    written, pairs = 0, 0
+
+    def counted() -> int:  # (image, draw) pairs done: through the teacher, or lost with their input image
+        return pairs + cfg.num_noise_draws * sum(r.get("stage") in ("input", "read") for r in rejects)
 
     def samples() -> Iterator[dict]:
-        nonlocal written
+        nonlocal written, pairs
         threads = torch.get_num_threads()
         for bi, batch in enumerate(_batches(items(), cfg.batch_size)):
             stats["batches"] += 1
@@ -318,15 +328,24 @@ def cache_shard(
                         },
                     )
                     written += 1
+            pairs += len(batch)
+            progress.update(counted() - progress.done)
+        if counted() > progress.done:  # unreadable inputs are only known at the end
+            progress.update(counted() - progress.done)
         if max_reject_share is not None:  # raised inside write_shards: the partition is not published
             accepted, attempted = _counts(written, rejects, cfg.num_noise_draws)
             check_reject_share(STAGE, shard_index, accepted, attempted, rejects, max_reject_share)
 
+    # total: every (image, draw) pair of the upstream shard; input rejects make the count end below it
+    progress = Progress(
+        f"{STAGE} shard {int(shard_index):05d}", rgba.num_samples * cfg.num_noise_draws, log or _log.info
+    )
     t0 = time.perf_counter()
     summary = write_shards(
         samples(), out, samples_per_shard=cfg.samples_per_shard, config=cfg.to_dict(), extra=_Lazy(extra)
     )
     stats["wall_seconds"] = time.perf_counter() - t0
+    progress.close(f"{summary.num_samples} written, {len(rejects)} rejected")
     return summary, False
 
 

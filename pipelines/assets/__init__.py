@@ -1,8 +1,10 @@
 """One module per stage: rgba_images -> teacher -> teacher_trajectories -> pepd_student -> evaluation_references ->
-evaluation; the ablation study (student_ablations -> ablation_evaluation) on demand."""
+evaluation -> accepted_student (through the promotion gate); the ablation study (student_ablations ->
+ablation_evaluation) on demand."""
 
 from .ablations import student_ablations
 from .evaluation import ablation_evaluation, evaluation, evaluation_references
+from .promotion import accepted_student
 from .rgba import rgba_images
 from .student import pepd_student
 from .teacher import teacher
@@ -15,6 +17,7 @@ ALL_ASSETS = [
     pepd_student,
     evaluation_references,
     evaluation,
+    accepted_student,
     student_ablations,
     ablation_evaluation,
 ]
@@ -27,6 +30,7 @@ __all__ = [
     "pepd_student",
     "evaluation_references",
     "evaluation",
+    "accepted_student",
     "student_ablations",
     "ablation_evaluation",
 ]

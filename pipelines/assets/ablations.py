@@ -62,7 +62,8 @@ def ablation_asset(**asset_kwargs):
     kinds={"pytorch"},
     description="Ablated PEPD students, one per partition: "
     + "; ".join(f"{name}: {what}" for name, what in ABLATIONS.items())
-    + ". Same data, base config and step budget as pepd_student.",
+    + ". Same data, base config and step budget as pepd_student; in `<data_root>/student_ablations/<name>/<version>/`. "
+    "Look at each partition's `final_loss`, `loss_curve` and `checkpoint`; the comparison is ablation_evaluation.",
 )
 def student_ablations(
     context: dg.AssetExecutionContext,

@@ -15,7 +15,6 @@ set (full profile: rendered objects of your own, docs/evaluation_folder.md) the 
 that folder instead. Checks: :mod:`pipelines.checks.evaluation`.
 """
 
-import base64
 import json
 from pathlib import Path
 
@@ -23,6 +22,7 @@ import dagster as dg
 
 from dd3g_core.io import atomic_directory, stable_hash, tree_sha256
 
+from ..preview import png_file_markdown
 from ..resources import DD3GSettings
 
 __all__ = ["evaluation_references", "evaluation", "evaluation_metadata", "load_profile_teacher"]
@@ -43,10 +43,6 @@ def load_profile_teacher(settings: DD3GSettings, teacher: dict):
     )
 
 
-def _inline_png(path: Path, title: str) -> str:
-    return f"![{title}](data:image/png;base64,{base64.b64encode(path.read_bytes()).decode()})"
-
-
 def evaluation_metadata(out: Path, metrics: dict) -> dict:
     """Numeric headline metrics + the report's table and main picture inline."""
     meta: dict = {"report": dg.MetadataValue.path(str(out / "report.md"))}
@@ -60,7 +56,8 @@ def evaluation_metadata(out: Path, metrics: dict) -> dict:
         for p in ("compare_white.png", "compare_black.png", "inputs_compare.png", "folder_compare.png")
         if (out / p).is_file()
     ]
-    md = table + "\n\n" + "\n\n".join(_inline_png(out / p, p) for p in pictures[:2])
+    legend = text.split("## Pictures", 1)[1].strip().split("\n\n", 1)[0] if "## Pictures" in text else ""
+    md = table + "\n\n" + legend + "\n\n" + "\n\n".join(png_file_markdown(out / p, p) for p in pictures[:2])
     meta["report_preview"] = dg.MetadataValue.md(md)
     return meta
 
@@ -71,7 +68,9 @@ def evaluation_metadata(out: Path, metrics: dict) -> dict:
     group_name="evaluation",
     kinds={"pytorch"},
     description="Held-out objects with ground truth at novel cameras, the teacher's own views from each object's "
-    "noise and the per-sample fit ceiling: what every student is compared with (cached per teacher and settings).",
+    "noise and the per-sample fit ceiling: what every student is compared with, in "
+    "`<data_root>/evaluation_references/<version>/` (cached per teacher and settings). Look at `objects`, "
+    "`novel_cameras` and `seconds`.",
 )
 def evaluation_references(
     context: dg.AssetExecutionContext, settings: DD3GSettings, teacher: dict, pepd_student: dict
@@ -155,9 +154,12 @@ def run_evaluation(
     code_version=CODE_VERSION,
     group_name="evaluation",
     kinds={"pytorch"},
-    description="The student scored against the references: teacher agreement (seen/unseen), novel views vs "
+    description="Stage 4: the student scored against the references: teacher agreement (seen/unseen), novel views vs "
     "ground truth at the teacher's and display resolution (PSNR, SSIM, LPIPS, IoU), fog, Gaussian statistics, "
-    "diversity, latency; report.md with pictures on white and black.",
+    "diversity, latency; in `<data_root>/evaluation/<version>/` (metrics.json, report.md, pictures). Look at "
+    "`report_preview` ([Show Markdown]: the table, then input | ground truth | teacher | student on white and on "
+    "black), the headline numbers (`psnr_<display>`, `agree_unseen`, `iou_<display>`, `fog_alpha_<display>`, ...: "
+    "plotted across materializations) and the checks.",
 )
 def evaluation(
     context: dg.AssetExecutionContext,
@@ -181,7 +183,12 @@ def evaluation(
     metrics = run_evaluation(
         context, settings, teacher, evaluation_references, {"student": pepd_student["path"]}, out, header
     )
-    record = {"path": str(out), "version": version, "headline": metrics.get("headline") or metrics.get("means")}
+    record = {
+        "path": str(out),
+        "version": version,
+        "headline": metrics.get("headline") or metrics.get("means"),
+        "weights_sha256": pepd_student["weights_sha256"],  # which student this scored (accepted_student checks it)
+    }
     return dg.MaterializeResult(
         value=record,
         metadata={**evaluation_metadata(out, metrics), "version": version},
@@ -200,7 +207,8 @@ def evaluation(
     group_name="ablations",
     kinds={"pytorch"},
     description="The paper's ablation table: the full method and every ablation student scored by the same "
-    "evaluation against the same references, with the differences to the full method.",
+    "evaluation against the same references, in `<data_root>/ablation_evaluation/<version>/`. Look at "
+    "`report_preview` (the table and pictures) and `<ablation>_minus_full_*` (each ablation minus the full method).",
 )
 def ablation_evaluation(
     context: dg.AssetExecutionContext,

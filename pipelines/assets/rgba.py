@@ -7,7 +7,8 @@ to ``teacher_trajectories``) is ``{partition: {path, content_hash, stage_version
 
 Data version: the hash of the partition's shard sha256s (its manifest); a run over several
 partitions gets one data version for all of them, and each partition's own hash is in its
-``content_hash`` metadata. Checks: :mod:`pipelines.checks.rgba`.
+``content_hash`` metadata. Checks: :mod:`pipelines.checks.rgba`. In the UI each partition shows its
+first images on white and on black (``preview``, :func:`pipelines.preview.rgba_preview`).
 
 A partition that rejects more than the profile's ``limits.rgba_max_reject_share`` of its images, or
 accepts none, is not published (``dd3g_core.shards.rules.RejectShareError``); the other partitions
@@ -27,7 +28,7 @@ from dd3g_core.shards.rules import RejectShareError
 from ..checks import RGBA_CHECKS, rgba_check_results
 from ..io_managers import mark_failed_checks
 from ..partitions import PartitionFailures, run_data_version, shard_asset, shard_indices
-from ..preview import image_markdown
+from ..preview import rgba_preview_markdown
 from ..resources import DD3GSettings
 
 CODE_VERSION = f"rgba-{synthesis.CODE_VERSION}.asset-1"
@@ -38,17 +39,20 @@ CODE_VERSION = f"rgba-{synthesis.CODE_VERSION}.asset-1"
     group_name="data",
     kinds={"webdataset"},
     check_specs=RGBA_CHECKS,
-    description="RGBA object images (procedural world in tiny/smoke, SDXL + rembg in full), one shard per partition.",
+    description="Stage 1: RGBA object images (procedural objects on a colour key in tiny/smoke, SDXL + rembg in "
+    "full), one webdataset shard set per partition in `<data_root>/rgba_images/<version>/shard-NNNNN/` (tar files + "
+    "manifest.json). Look at each partition's `preview` ([Show Markdown]: its first 8 images on white, then on black:"
+    " clean silhouettes, objects whole and centred), `num_samples` / `num_rejected`, and the checks.",
 )
 def rgba_images(context: dg.AssetExecutionContext, settings: DD3GSettings):
     profile = settings.profile_config()
     config = profile.rgba.resolved()  # full: checks the SDXL / rembg files first
     root = settings.root()
-    records, hits, previews, failures = {}, [], None, PartitionFailures("rgba_images")
+    records, hits, failures = {}, [], PartitionFailures("rgba_images")
     for key, index in shard_indices(context, config.num_shards):
         try:
             summary, cache_hit = synthesis.synthesize_shard(
-                root, config, index, max_reject_share=profile.limits.rgba_max_reject_share
+                root, config, index, max_reject_share=profile.limits.rgba_max_reject_share, log=context.log.info
             )
         except RejectShareError as e:
             context.log.error(str(e))
@@ -72,11 +76,10 @@ def rgba_images(context: dg.AssetExecutionContext, settings: DD3GSettings):
                 "num_rejected": int(summary.manifest.get("num_rejected", len(summary.manifest.get("rejected", [])))),
                 "cache_hit": cache_hit,
                 "content_hash": h,
+                "preview": rgba_preview_markdown(summary.directory, key),
             },
             partition_key=key,
         )
-        if previews is None and summary.num_samples:
-            previews = image_markdown(synthesis.preview_grid(summary, 8), f"shard {key}")
     failures.raise_if_any(done=len(records))
     check_results, failed = rgba_check_results({k: Path(r["path"]) for k, r in records.items()})
     metadata = {
@@ -86,8 +89,6 @@ def rgba_images(context: dg.AssetExecutionContext, settings: DD3GSettings):
         "cache_hit": all(hits),
         "config": dg.MetadataValue.json(json.loads(json.dumps(dataclasses.asdict(config), default=str))),
     }
-    if previews is not None:
-        metadata["preview"] = previews
     return dg.MaterializeResult(
         value=mark_failed_checks(records, failed),
         data_version=run_data_version({k: r["content_hash"] for k, r in records.items()}),

@@ -5,10 +5,13 @@ Training runs as a subprocess through Dagster Pipes — ``python -m accelerate.c
 trainer ``dd3g_core.distill.train`` with a Pipes reporter on rank 0) — so one asset can own N GPUs
 (or N gloo processes on a CPU box). Rank 0 streams its log lines to the run log and reports the
 materialization: loss curve, checkpoint path, parameter counts, skipped samples, and the exported
-weights' hash as the data version.
+weights' hash as the data version. This asset adds what the UI shows (:func:`pipelines.preview.student_ui_metadata`):
+``student_views`` (renders of held-out objects from several sides, on white and black), ``loss_curve_plot`` and
+``final_loss`` / ``final_rgb_mse`` as numbers.
 
 Inputs: the ``teacher`` record (the folder the trainer loads) and the ``teacher_trajectories``
-records of every partition (the shard sets it reads). Settings: the profile's ``distill`` (or a
+records of every partition (the shard sets it reads); with ``warm_start``, the accepted student's weights
+(``dd3g_core.promotion``). Settings: the profile's ``distill`` (or a
 JSON run config), plus ``overrides``. The run directory is ``<data_root>/pepd_student/<version>/``,
 ``version`` = hash of this asset's code version, the resolved config's identity, the teacher's
 content hash and the trajectories' version. ``<run>/distill_config.json`` is the exact config the
@@ -23,7 +26,11 @@ Checks: :mod:`pipelines.checks.student`. The launch itself is :mod:`pipelines.st
 
 import dagster as dg
 
+from dd3g_core.promotion import read_accepted
+
+from ..preview import student_ui_metadata
 from ..resources import DD3GSettings
+from ..sources_tag import WARM_START_TAG
 from ..student_training import (
     CODE_VERSION,
     StudentTrainingConfig,
@@ -36,7 +43,13 @@ from ..student_training import (
 
 class PEPDStudentConfig(StudentTrainingConfig):
     """``config_file`` / ``overrides`` pick the DistillConfig; ``num_processes`` / ``accelerate_config`` /
-    ``threads_per_process`` how the trainer is launched (:class:`pipelines.student_training.StudentTrainingConfig`)."""
+    ``threads_per_process`` how the trainer is launched (:class:`pipelines.student_training.StudentTrainingConfig`).
+    ``warm_start``: start from the accepted student's weights (``accepted_student``); with nothing accepted
+    yet, phase 1 starts from the teacher as usual. Unset: the run's ``dd3g/warm_start`` tag decides (the
+    ``retrain`` job's tags carry the profile's ``promotion.warm_start``; ``distill`` has none, so its student
+    starts from the teacher)."""
+
+    warm_start: bool | None = None
 
 
 @dg.asset(
@@ -44,7 +57,11 @@ class PEPDStudentConfig(StudentTrainingConfig):
     code_version=CODE_VERSION,
     group_name="student",
     kinds={"pytorch"},
-    description="PEPD student distilled from the teacher trajectories (Accelerate via Dagster Pipes).",
+    description="Stage 3: the PEPD student distilled from the teacher trajectories (Accelerate launched through "
+    "Dagster Pipes), in `<data_root>/pepd_student/<version>/` (`pepd/`: the exported weights; `log.jsonl`, "
+    "`checkpoints/`, `result.json`). Look at `student_views` ([Show Markdown]: renders of two held-out objects from "
+    "six sides at display resolution, on white and on black), `loss_curve_plot` (and the inline `loss_sparkline`), "
+    "`final_loss` / `final_rgb_mse` (plotted across materializations) and the check student_renders_finite.",
 )
 def pepd_student(
     context: dg.AssetExecutionContext,
@@ -55,9 +72,26 @@ def pepd_student(
     teacher_trajectories: dict,
 ):
     base, traj_dir = resolve_base_config(config, settings, teacher, teacher_trajectories)
+    warm_from = "none"
+    warm_start = config.warm_start
+    if warm_start is None:
+        warm_start = context.run.tags.get(WARM_START_TAG, "false") == "true"
+    if warm_start:
+        accepted = read_accepted(settings.root())  # verified: a damaged copy fails here, naming the fix
+        if accepted is None:
+            context.log.info("warm_start: no accepted student yet, phase 1 starts from the teacher")
+        else:
+            base, warm_from = base.replace(init_from=accepted["path"]), accepted["weights_sha256"][:16]
+            context.log.info(f"warm_start: from the accepted student {warm_from} ({accepted['path']})")
     version = student_version(student_version_inputs(CODE_VERSION, base, teacher, traj_dir))
     run_dir = settings.root() / "pepd_student" / version
     trained = train_student(context, config, pipes_subprocess_client, base, teacher, traj_dir, run_dir, version)
     return dg.MaterializeResult(
-        value=trained.record, metadata=trained.metadata, data_version=dg.DataVersion(trained.data_version)
+        value=trained.record,
+        metadata={
+            **trained.metadata,
+            "warm_start_from": warm_from,
+            **student_ui_metadata(settings, teacher, trained, context.log),
+        },
+        data_version=dg.DataVersion(trained.data_version),
     )

@@ -39,7 +39,7 @@ def _train_recipe(context: dg.AssetExecutionContext, settings: DD3GSettings, rec
     from dd3g_core.teacher.training.recipe import train_teacher_recipe
 
     run_dir = settings.root() / "teacher" / recipe
-    res = train_teacher_recipe(recipe, run_dir, resume=resume)
+    res = train_teacher_recipe(recipe, run_dir, resume=resume, log=context.log.info)
     if res.exported is None:
         raise RuntimeError(
             f"teacher recipe {recipe!r} stopped at step {res.step} of a stage in {run_dir}; "
@@ -70,8 +70,10 @@ def _teacher_folder(context, config: TeacherConfig, settings: DD3GSettings) -> t
     code_version=CODE_VERSION,
     group_name="teacher",
     kinds={"pytorch"},
-    description="The multi-view teacher folder (tiny: shipped or retrained; full: a validated local ImageDream), "
-    "recorded with its content hash.",
+    description="The multi-view teacher folder every stage uses (tiny: the shipped assets/models/tiny-teacher or a "
+    "recipe run under `<data_root>/teacher/`; full: your local ImageDream folder, validated without running it), "
+    "recorded with its content hash (the data version). Look at `path`, `source` (shipped / recipe / override / "
+    "profile) and `content_hash`.",
 )
 def teacher(context: dg.AssetExecutionContext, config: TeacherConfig, settings: DD3GSettings):
     spec = settings.profile_config().teacher

@@ -5,7 +5,8 @@ Partition ``k`` caches the rgba shard set that ``rgba_images`` partition ``k`` r
 with the teacher folder the ``teacher`` asset recorded (loaded once per run through
 ``dd3g_core.teacher.load_teacher``, which checks the recorded content hash). Settings: the profile's
 ``trajectories``. Records, data versions and multi-partition runs work as for ``rgba_images``.
-Checks: :mod:`pipelines.checks.trajectories` (blocking).
+Checks: :mod:`pipelines.checks.trajectories` (blocking). In the UI each partition shows a few samples'
+input image and the teacher's views OI (``preview``, :func:`pipelines.preview.trajectories_preview`).
 
 A partition that rejects more than the profile's ``limits.trajectories_max_reject_share`` of its
 samples, or accepts none (a teacher with NaN weights rejects everything as non-finite), is not
@@ -24,6 +25,7 @@ from ..checks import TRAJECTORY_CHECKS, trajectory_check_results
 from ..checks.trajectories import check_trajectory_shard
 from ..io_managers import mark_failed_checks
 from ..partitions import PartitionFailures, run_data_version, shard_asset, shard_indices
+from ..preview import trajectories_preview_markdown
 from ..resources import DD3GSettings
 
 CODE_VERSION = f"traj-{traj.CODE_VERSION}.asset-2"
@@ -35,7 +37,10 @@ CODE_VERSION = f"traj-{traj.CODE_VERSION}.asset-2"
     group_name="data",
     kinds={"webdataset", "pytorch"},
     check_specs=TRAJECTORY_CHECKS,
-    description="Teacher DDIM trajectories {II, N, C, OI, x_t} per RGBA image and noise draw, one shard per partition.",
+    description="Stage 2: the teacher's deterministic DDIM samples {II, N, C, OI, x_t} per RGBA image and noise draw,"
+    " one shard set per partition in `<data_root>/teacher_trajectories/<version>/shard-NNNNN/`. Look at each "
+    "partition's `preview` ([Show Markdown]: input image, then the teacher's views OI: what the student learns to "
+    "reproduce), `num_rejects` / `rejects`, `teacher_seconds`, and the blocking checks.",
 )
 def teacher_trajectories(context: dg.AssetExecutionContext, settings: DD3GSettings, rgba_images: dict, teacher: dict):
     profile = settings.profile_config()
@@ -62,6 +67,7 @@ def teacher_trajectories(context: dg.AssetExecutionContext, settings: DD3GSettin
                 config,
                 index,
                 max_reject_share=profile.limits.trajectories_max_reject_share,
+                log=context.log.info,
             )
         except RejectShareError as e:
             context.log.error(str(e))
@@ -92,6 +98,7 @@ def teacher_trajectories(context: dg.AssetExecutionContext, settings: DD3GSettin
                 "cache_hit": cache_hit,
                 "content_hash": h,
                 "teacher_seconds": float(stats.get("teacher_seconds", 0.0)),
+                "preview": trajectories_preview_markdown(summary.directory, key),
             },
             partition_key=key,
         )

@@ -43,19 +43,20 @@ def evaluation_problems(out: Path, metrics: dict) -> list[str]:
             "evaluation_complete",
             asset="evaluation",
             blocking=True,
-            description="metrics.json, report.md and the pictures exist; headline numbers finite; no non-finite "
-            "render of any object.",
+            description="Blocking: metrics.json, report.md and the pictures exist in the evaluation folder, the "
+            "headline numbers are finite and no object's render was non-finite; `problems` lists what is missing.",
         ),
         dg.AssetCheckSpec(
             "student_beats_copy_input",
             asset="evaluation",
-            description="Teacher agreement at the unseen views beats copying the input image (WARN).",
+            description="Warning: teacher agreement (PSNR) at the unseen views beats copying the input image into "
+            "every view; `agree_unseen_minus_copy_input_db` > 0.",
         ),
         dg.AssetCheckSpec(
             "student_is_not_fog",
             asset="evaluation",
-            description=f"Mean alpha around the objects where the ground truth is empty <= {FOG_BAR} at display "
-            "resolution (WARN).",
+            description=f"Warning: mean alpha around the objects where the ground truth is empty <= {FOG_BAR} at "
+            "display resolution (no haze around the object); `fog_alpha`, `outside_alpha`.",
         ),
     ],
     ins={"evaluation": dg.AssetIn("evaluation")},

@@ -31,12 +31,15 @@ RGBA_CHECKS = [
         "shards_match_manifest",
         asset="rgba_images",
         blocking=True,
-        description="Shards match the manifest (size, sha256) and the samples read back = its count.",
+        description="Blocking: every shard of each partition matches its manifest.json (size, sha256), the samples "
+        "read back equal its count and accepted + rejected = attempted. A failing partition is not read downstream; "
+        "`problems` names what is wrong.",
     ),
     dg.AssetCheckSpec(
         "alpha_coverage_in_range",
         asset="rgba_images",
-        description=f"Every image's alpha coverage is within {ALPHA_COVERAGE_RANGE} (a warning: not blocking).",
+        description=f"Warning, not blocking: every image's alpha coverage (share of pixels with alpha > 127) is within "
+        f"{ALPHA_COVERAGE_RANGE}: an object neither lost nor filling the frame. `min`, `max`, `out_of_range`.",
     ),
 ]
 

@@ -53,7 +53,8 @@ def student_forward_problems(pepd_dir: Path, trajectories: Path, teacher) -> lis
             asset="pepd_student",
             blocking=True,
             additional_deps=["teacher"],
-            description="The exported PEPD loads and gives finite Gaussians on a cached sample.",
+            description="Blocking: the exported PEPD (`<run>/pepd/`) loads and a forward on one cached trajectory "
+            "sample gives finite Gaussians; `problems` names what is not. What the student is worth: evaluation.",
         ),
     ],
     ins={"pepd_student": dg.AssetIn("pepd_student"), "teacher": dg.AssetIn("teacher")},

@@ -26,13 +26,15 @@ TRAJECTORY_CHECKS = [
         "counts_match_manifest",
         asset="teacher_trajectories",
         blocking=True,
-        description="Shards validate; samples + teacher rejects = input images x noise draws.",
+        description="Blocking: each partition's shards validate against their manifest and samples + teacher "
+        "rejects = input images x noise draws. A failing partition is not read downstream; `problems` names it.",
     ),
     dg.AssetCheckSpec(
         "finite_and_shaped",
         asset="teacher_trajectories",
         blocking=True,
-        description="Every sample: all arrays finite, shapes as the teacher implies.",
+        description="Blocking: every sample has every field, all arrays finite, with the shapes the teacher implies "
+        "(SampleSpec). A failing partition is not read downstream; `problems` lists the first 20.",
     ),
 ]
 

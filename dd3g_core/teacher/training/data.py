@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -143,22 +143,30 @@ def generate_cache(
     worker: int = 0,
     num_workers: int = 1,
     log: bool = False,
+    progress_log: Callable[[str], None] | None = None,
 ) -> list[Path]:
-    """Render the first ``num_objects`` seeds of ``spec.split`` into shards (skipping existing ones)."""
+    """Render the first ``num_objects`` seeds of ``spec.split`` into shards (skipping existing ones).
+
+    ``progress_log``: where progress lines go (objects done / to render, rate, ETA, every
+    ``$DD3G_PROGRESS_SECONDS``) when there is something to render."""
+    from ...progress import Progress
     from ...world import split_seeds
 
     data_dir = Path(data_dir)
     data_dir.mkdir(parents=True, exist_ok=True)
     _write_meta(data_dir, spec, shard_size)
     num_shards = -(-int(num_objects) // int(shard_size))
+    todo = [i for i in range(num_shards) if i % num_workers == worker and not (data_dir / shard_name(i)).is_dir()]
+    counts = {i: min(shard_size, num_objects - i * shard_size) for i in todo}
+    progress = None
+    if progress_log is not None and todo:
+        progress = Progress(f"teacher data {data_dir}", sum(counts.values()), progress_log, unit="objects")
     written = []
-    for i in range(num_shards):
-        if i % num_workers != worker:
-            continue
+    for i in todo:
         out = data_dir / shard_name(i)
-        if out.is_dir():
+        if out.is_dir():  # appeared since the listing (another process)
             continue
-        count = min(shard_size, num_objects - i * shard_size)
+        count = counts[i]
         seeds = split_seeds(spec.split, count, start=i * shard_size)
         inputs, views = zip(*(render_example(s, spec) for s in seeds))
         with atomic_directory(out) as tmp:
@@ -168,6 +176,10 @@ def generate_cache(
         written.append(out)
         if log:
             print(f"wrote {out} ({count} objects)", flush=True)
+        if progress is not None:
+            progress.update(count)
+    if progress is not None:
+        progress.close()
     return written
 
 

@@ -15,7 +15,7 @@ and a finished stage is a no-op, so a killed recipe run continues where it stopp
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -70,10 +70,13 @@ def _stage_config(stage: RecipeStage, data_dir: Path, init_from: Path | None) ->
     )
 
 
-def train_teacher_recipe(recipe: str, out_dir: str | Path, resume: bool = True) -> TrainResult:
+def train_teacher_recipe(
+    recipe: str, out_dir: str | Path, resume: bool = True, log: Callable[[str], None] | None = None
+) -> TrainResult:
     """Run every stage of ``RECIPES[recipe]`` under ``out_dir/<stage>/``; the last stage's EMA is
     exported to ``out_dir/teacher`` (returned in ``TrainResult.exported``; ``None`` when a signal
-    stopped a stage before its step count: run again to resume)."""
+    stopped a stage before its step count: run again to resume). ``log``: progress lines of each stage
+    (:func:`~dd3g_core.teacher.training.train.pretrain_tiny_teacher`)."""
     if recipe not in RECIPES:
         raise ValueError(f"unknown teacher recipe {recipe!r}; choose from {sorted(RECIPES)}")
     out = Path(out_dir)
@@ -85,7 +88,9 @@ def train_teacher_recipe(recipe: str, out_dir: str | Path, resume: bool = True) 
         last = i == len(stages) - 1
         export = out / "teacher" if last else out / stage.name / "teacher"
         cfg = _stage_config(stage, data_dir, previous if stage.grow_from_previous else None)
-        result = pretrain_tiny_teacher(cfg, out / stage.name, resume=resume, export_to=export, max_steps=stage.steps)
+        result = pretrain_tiny_teacher(
+            cfg, out / stage.name, resume=resume, export_to=export, max_steps=stage.steps, log=log
+        )
         if result.step < stage.steps:  # stopped by a signal: no export of a partial stage counts as the result,
             return dataclasses.replace(result, exported=None)  # and later stages must not start from it
         previous = export

@@ -39,6 +39,7 @@ weights with ``TinyTeacher.save_pretrained``.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import shutil
 import signal
@@ -50,6 +51,7 @@ from typing import Any
 
 import torch
 
+from ...progress import Progress
 from .. import sampler as ddim
 from ..tiny import TinyTeacher
 from .checkpoint import (
@@ -76,6 +78,8 @@ __all__ = [
 ]
 
 LOG_NAME = "log.jsonl"
+
+_log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -180,12 +184,14 @@ def pretrain_tiny_teacher(
     export_to: str | Path | None = None,  # also write the EMA teacher here (save_pretrained) at the end
     max_steps: int | None = None,  # override config.max_steps (e.g. a bounded run)
     on_step: Callable[[int, float], None] | None = None,  # (step, loss) after every step (tests)
+    log: Callable[[str], None] | None = None,  # progress lines (None: this module's logger at INFO)
 ) -> TrainResult:
     """Train (or continue training) the tiny teacher; see the module doc for the recipe.
 
     Outputs in ``out_dir``: ``checkpoints/``, ``log.jsonl``, ``data/`` (unless ``config.data_dir``),
     ``teacher/`` (EMA export, written at the end). ``resume=False`` starts over (old checkpoints
-    and log in ``out_dir`` are removed).
+    and log in ``out_dir`` are removed). ``log`` gets progress lines (data rendering: objects; training:
+    steps done / ``max_steps``, s/step, ETA, loss) every ``$DD3G_PROGRESS_SECONDS`` (30 s by default).
     """
     from safetensors.torch import load_file
 
@@ -196,8 +202,9 @@ def pretrain_tiny_teacher(
     torch.set_num_threads(max(1, int(cfg.threads)))
 
     data_dir = Path(cfg.data_dir) if cfg.data_dir else out / "data"
+    log = log or _log.info
     if cfg.generate_data:
-        generate_cache(data_dir, cfg.num_objects, cfg.shard_size, cfg.render_spec())
+        generate_cache(data_dir, cfg.num_objects, cfg.shard_size, cfg.render_spec(), progress_log=log)
     data = MultiViewDataset(data_dir, max_objects=cfg.num_objects)
 
     teacher = build_teacher(cfg)
@@ -231,10 +238,13 @@ def pretrain_tiny_teacher(
     window: list[float] = []
     win_t0, win_steps = time.perf_counter(), 0
     last_ckpt = ckpt
+    progress = Progress(
+        f"teacher training {out.name}", total_steps, log, unit="steps", initial=step, seconds_per_unit=True
+    )
 
-    with _Stop() as stop, open(log_path, "a") as log:
+    with _Stop() as stop, open(log_path, "a") as log_file:
         if ckpt is None:
-            log.write(
+            log_file.write(
                 json.dumps(
                     {
                         "event": "start",
@@ -247,8 +257,10 @@ def pretrain_tiny_teacher(
                 + "\n"
             )
         else:
-            log.write(json.dumps({"event": "resume", "step": step, "from": str(ckpt), "objects": len(data)}) + "\n")
-        log.flush()
+            log_file.write(
+                json.dumps({"event": "resume", "step": step, "from": str(ckpt), "objects": len(data)}) + "\n"
+            )
+        log_file.flush()
         while step < total_steps and not stop.requested:
             t0 = time.perf_counter()
             b = cfg.batch_size
@@ -293,9 +305,10 @@ def pretrain_tiny_teacher(
             win_steps += 1
             if on_step is not None:
                 on_step(step, lv)
+            progress.update(1, note=f"loss {sum(window) / len(window):.4f}", force=step == total_steps)
             if step % cfg.log_every == 0 or step == total_steps:
                 el = time.perf_counter() - win_t0
-                log.write(
+                log_file.write(
                     json.dumps(
                         {
                             "step": step,
@@ -311,7 +324,7 @@ def pretrain_tiny_teacher(
                     )
                     + "\n"
                 )
-                log.flush()
+                log_file.flush()
                 window, win_t0, win_steps = [], time.perf_counter(), 0
             if step % cfg.checkpoint_every == 0 or step == total_steps or stop.requested:
                 last_ckpt = save_checkpoint(out, step, teacher, ema, opt, gen, cfg, train_time, cfg.keep_checkpoints)
@@ -319,7 +332,8 @@ def pretrain_tiny_teacher(
         if stop.requested and (last_ckpt is None or not last_ckpt.name.endswith(f"{step:08d}")):
             last_ckpt = save_checkpoint(out, step, teacher, ema, opt, gen, cfg, train_time, cfg.keep_checkpoints)
         if stop.requested:
-            log.write(json.dumps({"event": "stopped", "step": step}) + "\n")
+            log_file.write(json.dumps({"event": "stopped", "step": step}) + "\n")
+    progress.close(f"stopped by a signal at step {step}" if stop.requested else f"step {step}")
 
     exported = None
     if export_to is not None and last_ckpt is not None:
