@@ -155,6 +155,11 @@ def test_full_profile_distill_job_on_cpu_stand_ins(tmp_path, stand_ins):
             [dg.AssetCheckKey(dg.AssetKey("evaluation"), "evaluation_complete")]
         )
         assert next(iter(complete.values())).event.dagster_event.event_specific_data.passed
+        # the first promotion, gated on what a folder evaluation measures (no resolution suffix, no agreement)
+        accepted = latest(instance, "accepted_student")
+        assert (
+            accepted.metadata["promoted"].value is True and accepted.metadata["psnr"].value == metrics["means"]["psnr"]
+        )
 
     # Bad input: the same data root, now with a partial ImageDream folder. The teacher asset fails first,
     # naming the missing file and how to get it; nothing downstream runs and no earlier output changes.

@@ -67,6 +67,20 @@ def test_the_gate_knows_which_way_is_better_and_allows_its_tolerance():
         compare(metrics(18.0), None, {"psnr_{display}": -1})
 
 
+def test_the_gate_on_a_folder_evaluation_compares_what_a_folder_measures():
+    gate = {"psnr_{display}": 0.3, "iou_{display}": 0.01, "agree_unseen": 0.3}
+    folder = {"mode": "folder", "means": {"psnr": 21.0, "ssim": 0.9}}  # views without alpha: no IoU
+    first = compare(folder, None, gate)
+    assert first.passed and first.compared["psnr"]["candidate"] == 21.0
+    assert any("agree_unseen: not measured" in n for n in first.notes)
+    worse = compare({"mode": "folder", "means": {"psnr": 20.0}}, folder, gate)
+    assert not worse.passed and "psnr regressed" in worse.reasons[0]
+    lost = compare(folder, {"mode": "folder", "means": {"psnr": 21.0, "iou": 0.8}}, gate)
+    assert not lost.passed and "iou is missing" in lost.reasons[0]  # measured before, missing now: partial
+    other_set = compare(folder, metrics(30.0), gate)  # accepted on procedural objects: not comparable
+    assert other_set.passed and "not compared" in other_set.summary()
+
+
 @pytest.mark.parametrize(
     "change, message",
     [

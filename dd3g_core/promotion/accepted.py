@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from ..io import atomic_directory, atomic_write_json, sha256_file
-from .gate import GateResult, compare
+from .gate import GateResult, compare, evaluation_mode
 
 __all__ = [
     "ACCEPTED_STAGE",
@@ -166,7 +166,11 @@ def promote(
     if not (model_dir / WEIGHTS_NAME).is_file():
         raise FileNotFoundError(f"{model_dir} has no {WEIGHTS_NAME}: not an exported student")
     sha = sha256_file(model_dir / WEIGHTS_NAME)
-    kept = {"headline": dict(metrics.get("headline") or {}), "resolutions": dict(metrics.get("resolutions") or {})}
+    kept = {  # what later candidates are compared with (dd3g_core.promotion.gate reads these three)
+        "mode": evaluation_mode(metrics),
+        "headline": dict(metrics.get("headline") or metrics.get("means") or {}),
+        "resolutions": dict(metrics.get("resolutions") or {}),
+    }
     with _decision_lock(root):
         current = read_accepted(data_root, verify=False)
         if current is not None and current["weights_sha256"] == sha:
