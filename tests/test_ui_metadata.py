@@ -17,17 +17,9 @@ import pytest
 from dd3g_core.teacher import TinyTeacher, describe_teacher_folder
 from pipelines.assets import rgba_images, teacher, teacher_trajectories
 from pipelines.io_managers import StageRecordIOManager
-from pipelines.preview import (
-    INLINE_MARKDOWN_CHARS,
-    MAX_PREVIEW_BYTES,
-    STUDENT_AZIMUTHS,
-    TILE,
-    inline_images,
-    loss_curve_image,
-    png_bytes,
-    student_ui_metadata,
-)
+from pipelines.preview import INLINE_MARKDOWN_CHARS, MAX_PREVIEW_BYTES, TILE, inline_images, png_bytes
 from pipelines.resources import DD3GSettings
+from pipelines.student_preview import STUDENT_AZIMUTHS, loss_curve_image, student_ui_metadata
 
 warnings.filterwarnings("ignore", category=dg.BetaWarning)
 ROOT = Path(__file__).resolve().parents[1]

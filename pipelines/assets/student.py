@@ -5,9 +5,9 @@ Training runs as a subprocess through Dagster Pipes — ``python -m accelerate.c
 trainer ``dd3g_core.distill.train`` with a Pipes reporter on rank 0) — so one asset can own N GPUs
 (or N gloo processes on a CPU box). Rank 0 streams its log lines to the run log and reports the
 materialization: loss curve, checkpoint path, parameter counts, skipped samples, and the exported
-weights' hash as the data version. This asset adds what the UI shows (:func:`pipelines.preview.student_ui_metadata`):
-``student_views`` (renders of held-out objects from several sides, on white and black), ``loss_curve_plot`` and
-``final_loss`` / ``final_rgb_mse`` as numbers.
+weights' hash as the data version. This asset adds what the UI shows
+(:func:`pipelines.student_preview.student_ui_metadata`): ``student_views`` (renders of held-out objects from
+several sides, on white and black), ``loss_curve_plot`` and ``final_loss`` / ``final_rgb_mse`` as numbers.
 
 Inputs: the ``teacher`` record (the folder the trainer loads) and the ``teacher_trajectories``
 records of every partition (the shard sets it reads); with ``warm_start``, the accepted student's weights
@@ -28,9 +28,9 @@ import dagster as dg
 
 from dd3g_core.promotion import read_accepted
 
-from ..preview import student_ui_metadata
 from ..resources import DD3GSettings
 from ..sources_tag import WARM_START_TAG
+from ..student_preview import student_ui_metadata
 from ..student_training import (
     CODE_VERSION,
     StudentTrainingConfig,
