@@ -312,3 +312,16 @@ def write_tiny_clip(path: Path) -> Path:
     CLIPModel(config).eval().save_pretrained(path)
     CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(path)
     return path
+
+
+class RecordingReporter:
+    """A trainer reporter (what Dagster Pipes gets from ``dd3g_core.distill.train``) that keeps its log lines."""
+
+    def __init__(self):
+        self.lines: list[str] = []
+
+    def log(self, message: str) -> None:
+        self.lines.append(message)
+
+    def materialize(self, metadata, data_version) -> None:
+        pass

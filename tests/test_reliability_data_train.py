@@ -21,20 +21,9 @@ from test_train import ROOT, _train_cmd, data, smoke_config  # noqa: F401 - `dat
 from dd3g_core.distill.checkpoint import CheckpointDamagedError, list_checkpoints
 from dd3g_core.shards import count_skips, iter_samples, read_manifest, read_skip_log, write_shards
 
+from stand_ins import RecordingReporter
+
 ENV = dict(os.environ, OMP_NUM_THREADS="1", DD3G_EXIT_WITH_PARENT="1")  # as under Dagster Pipes
-
-
-class Lines:
-    """A reporter that keeps what the trainer tells it."""
-
-    def __init__(self):
-        self.lines: list[str] = []
-
-    def log(self, message: str) -> None:
-        self.lines.append(message)
-
-    def materialize(self, metadata, data_version) -> None:
-        pass
 
 
 class Evil:
@@ -123,7 +112,7 @@ def test_resume_falls_back_past_damaged_checkpoints(tmp_path, data, three_checkp
     ck = _copy_run(three_checkpoints, out)
     _truncate(ck[6] / "model.safetensors")
     (ck[4] / "trainer_state.json").write_text('{"step": 4, "hist')
-    said = Lines()
+    said = RecordingReporter()
     result = train(smoke_config(data, out, keep_checkpoints=3, steps=8), said)
     assert result["step"] == 8
     text = "\n".join(said.lines)
@@ -147,7 +136,7 @@ def test_resume_starts_over_when_no_checkpoint_loads_and_none_was_loaded(tmp_pat
     torch.save({"state": Evil(), "param_groups": []}, ck[6] / "optimizer.bin")  # a blocked pickle
     _truncate(ck[4] / "model.safetensors")
     (ck[2] / "trainer_state.json").write_text("[]")
-    said = Lines()
+    said = RecordingReporter()
     result = train(smoke_config(data, out, steps=2), said)
     assert result["step"] == 2 and not any(line.startswith("resumed from") for line in said.lines)
     text = "\n".join(said.lines)

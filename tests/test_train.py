@@ -23,6 +23,8 @@ from dd3g_core.profiles import get_profile
 from dd3g_core.shards import write_shards
 from dd3g_core.teacher import TinyTeacher
 
+from stand_ins import RecordingReporter
+
 ROOT = Path(__file__).resolve().parents[1]
 FAST = dataclasses.replace(get_profile("smoke").trajectories, steps=2, record_steps=(0,), guidance=1.0)
 
@@ -82,25 +84,12 @@ def test_config_files_and_overrides(tmp_path):
         DistillConfig(mixed_precision="fp8")
 
 
-class Said:
-    """A reporter (what Dagster Pipes gets) that keeps its lines."""
-
-    def __init__(self):
-        self.lines: list[str] = []
-
-    def log(self, message: str) -> None:
-        self.lines.append(message)
-
-    def materialize(self, metadata, data_version) -> None:
-        pass
-
-
 def test_smoke_run_exports_a_loadable_student(tmp_path, data, monkeypatch):
     from dd3g_core.distill.train import train
 
     monkeypatch.delenv("DD3G_PROGRESS_SECONDS", raising=False)  # the default: a line every 30 s
     cfg = smoke_config(data, tmp_path / "run")
-    said = Said()
+    said = RecordingReporter()
     result = train(cfg, said)
     out = Path(cfg.out)
     assert result["step"] == cfg.steps
