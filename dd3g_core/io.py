@@ -148,32 +148,44 @@ def _owner_alive(tmp_dir: Path) -> bool:
     return True
 
 
+def cached_sha256s(paths: list[Path], cache: str | os.PathLike | None = None) -> list[str]:
+    """The sha256 of each file of ``paths``, in order. ``cache``: a JSON file remembering each file's
+    sha256 by (resolved path, size, mtime), so re-hashing files that did not change costs a ``stat``
+    each; it is rewritten to hold exactly these files (give each set of files its own cache file)."""
+    known: dict = {}
+    if cache is not None and Path(cache).is_file():
+        with contextlib.suppress(ValueError, OSError):
+            known = json.loads(Path(cache).read_text())
+    known = known if isinstance(known, dict) else {}
+    digests, fresh = [], {}
+    for p in paths:
+        st = p.stat()
+        key = f"{p.resolve()}|{st.st_size}|{st.st_mtime_ns}"
+        digest = known.get(key) if isinstance(known.get(key), str) else None
+        fresh[key] = digest = digest or sha256_file(p)
+        digests.append(digest)
+    if cache is not None and fresh != known:
+        with contextlib.suppress(OSError):
+            atomic_write_json(cache, fresh)
+    return digests
+
+
 def tree_sha256(root: str | os.PathLike, cache: str | os.PathLike | None = None) -> dict[str, Any]:
     """Content identity of a folder (a teacher, a model): sha256 over every file's relative path and
     sha256, in path order; hidden files (``.*``) are skipped. Returns ``{"sha256", "files", "bytes"}``.
 
     ``cache``: a JSON file remembering each file's sha256 by (path, size, mtime), so re-hashing a
-    multi-GB weights folder whose files did not change costs a ``stat`` per file.
+    multi-GB weights folder whose files did not change costs a ``stat`` per file (:func:`cached_sha256s`).
     """
     root = Path(root)
-    known: dict = {}
-    if cache is not None and Path(cache).is_file():
-        with contextlib.suppress(ValueError, OSError):
-            known = json.loads(Path(cache).read_text())
-    entries, fresh, total = [], {}, 0
-    for p in sorted(root.rglob("*")):
-        rel = p.relative_to(root)
-        if not p.is_file() or any(part.startswith(".") for part in rel.parts):
-            continue
-        st = p.stat()
-        key = f"{p.resolve()}|{st.st_size}|{st.st_mtime_ns}"
-        digest = known.get(key) if isinstance(known.get(key), str) else None
-        fresh[key] = digest = digest or sha256_file(p)
-        entries.append([rel.as_posix(), digest])
-        total += st.st_size
-    if cache is not None and fresh != known:
-        with contextlib.suppress(OSError):
-            atomic_write_json(cache, fresh)
+    files = [
+        p
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and not any(part.startswith(".") for part in p.relative_to(root).parts)
+    ]
+    digests = cached_sha256s(files, cache)
+    entries = [[p.relative_to(root).as_posix(), d] for p, d in zip(files, digests)]
+    total = sum(p.stat().st_size for p in files)
     blob = json.dumps(entries, separators=(",", ":")).encode()
     return {"sha256": hashlib.sha256(blob).hexdigest(), "files": len(entries), "bytes": total}
 

@@ -40,6 +40,7 @@ __all__ = [
     "student_version",
     "student_version_inputs",
     "train_student",
+    "trajectories_content",
     "trajectories_dir",
 ]
 
@@ -128,15 +129,32 @@ def resolve_base_config(
     return base, trajectories_dir(teacher_trajectories)
 
 
-def student_version_inputs(code: str, cfg: DistillConfig, teacher: dict, traj_dir: Path) -> dict[str, Any]:
-    """What a run's version hashes. pepd_student's cached runs are keyed by exactly this dict: keep it."""
-    return {
+def student_version_inputs(
+    code: str, cfg: DistillConfig, teacher: dict, traj_dir: Path, data: str | None = None
+) -> dict[str, Any]:
+    """What a run's version hashes. pepd_student's cached runs are keyed by exactly this dict: keep it.
+    ``data``: :func:`trajectories_content`, given only when the trajectories' version does not pin their
+    content (a ``folder`` RGBA source); the other sources' versions are unchanged by it."""
+    inputs = {
         "code": code,
         "config": cfg.replace(teacher=None, trajectories="").identity(),
         "steps": cfg.steps,
         "teacher": teacher["content_hash"],
         "trajectories": traj_dir.name,
     }
+    return inputs if data is None else {**inputs, "data": data}
+
+
+def trajectories_content(settings: DD3GSettings, records: dict[str, dict]) -> str | None:
+    """The content of the trajectory partitions a run reads, when their version directory does not pin it.
+
+    A ``folder`` RGBA source keeps its stage version (and so the trajectories') when images are added,
+    so that unchanged partitions stay cache hits (``dd3g_core.synthesis.folder``); a student trained on
+    the old images must then not be a cache hit of the new ones: its version takes the partitions'
+    content hashes. ``None`` for the generated sources, whose versions already pin their content."""
+    if settings.profile_config().rgba.generator != "folder":
+        return None
+    return stable_hash(sorted((k, r["content_hash"]) for k, r in records.items()))
 
 
 def student_version(inputs: dict[str, Any]) -> str:

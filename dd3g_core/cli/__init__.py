@@ -8,6 +8,7 @@
     dd3g teacher pretrain [--preset tiny|smoke] [--out DIR] [--resume/--no-resume] [--export DIR]
     dd3g teacher export --checkpoint RUN_OR_STEP_DIR --out assets/models/tiny-teacher
     dd3g generate IMAGE [IMAGE ...] [--seed S] [--num-samples K] [--checkpoint DIR] -o OUT/ [--interpolate SEED2]
+    dd3g rgba --folder DIR_OR_GLOB -o DATA_ROOT [--profile P] [--matting colorkey|rembg] [--num-shards N]
 
 Each subcommand registers itself in ``COMMANDS`` (name -> function adding its parser), so
 later stages (teacher, generate, ...) plug in with one ``COMMANDS[...] = ...`` line.
@@ -20,7 +21,8 @@ traceback and returns 1.
 
 Every size option is bounded (:mod:`.options`: ``LIMITS``, checked while parsing, and a render's
 frames x resolution² by ``MAX_RENDER_PIXELS``), so no option value can ask for unbounded memory.
-The teacher's subcommands live in :mod:`.teacher`, ``generate`` in :mod:`.generate`.
+The teacher's subcommands live in :mod:`.teacher`, ``generate`` in :mod:`.generate`, ``rgba`` (your own
+images as ``rgba_images`` shards) in :mod:`.rgba`.
 """
 
 from __future__ import annotations
@@ -201,6 +203,15 @@ def _add_eval(sub) -> None:
 
 
 COMMANDS["eval"] = _add_eval
+
+
+def _add_rgba(sub) -> None:
+    from .rgba import add_rgba
+
+    add_rgba(sub)
+
+
+COMMANDS["rgba"] = _add_rgba
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -6,7 +6,9 @@
   reject, never a failed partition.
 * :func:`check_reject_share` — a partition that accepted no sample, or rejected more than its limit
   (the profile's ``limits``), raises :class:`RejectShareError` naming the partition, its counts and the
-  most common reasons, and is not published.
+  most common reasons, and is not published. A partition that attempted nothing is empty, not failed:
+  only the ``folder`` source of ``rgba_images`` makes one (no image of the folder hashed into it), and
+  the trajectories of an empty rgba partition are empty too.
 """
 
 from __future__ import annotations
@@ -65,7 +67,10 @@ def check_reject_share(
     stage: str, shard_index: int, accepted: int, attempted: int, rejects: Sequence[dict], max_share: float
 ) -> None:
     """Raise :class:`RejectShareError` if a partition accepted no sample or rejected more than ``max_share``
-    of ``attempted``: one message with the partition, the counts and the three most common reasons."""
+    of ``attempted``: one message with the partition, the counts and the three most common reasons.
+    Nothing attempted (an empty partition) is nothing rejected: it passes."""
+    if attempted == 0 and accepted == 0:
+        return
     rejected = max(0, attempted - accepted)
     share = rejected / attempted if attempted else 1.0
     if accepted > 0 and share <= max_share:

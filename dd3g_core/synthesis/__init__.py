@@ -3,7 +3,8 @@
     prompts / seeds -> 2D generator -> background removal -> filters -> recentre -> shards
 
 * generator (:mod:`.generators`): tiny :class:`ProceduralGenerator` (a procedural object on a colour key),
-  full :class:`SDXLGenerator` (a local diffusers folder);
+  full :class:`SDXLGenerator` (a local diffusers folder); or the user's own images, ``generator="folder"``
+  (:mod:`.folder`, docs/own_data.md);
 * matting (:mod:`.matting`): tiny :class:`ColorKeyMatting`, full :class:`RembgMatting` (a local ``.onnx``).
 
 Config in :mod:`.config` (each profile's values in ``dd3g_core.profiles``), post-processing in
@@ -27,6 +28,7 @@ from .config import (
     stage_dir,
     stage_version,
 )
+from .folder import FolderSource, NoImagesError, folder_fingerprint, list_images
 from .generators import GeneratedImage, ProceduralGenerator, SDXLGenerator
 from .image_io import ImageInfo, ImageLoadError, load_image_rgba
 from .matting import ColorKeyMatting, MattingResult, RembgMatting
@@ -39,11 +41,13 @@ __all__ = [
     "STAGE",
     "ColorKeyMatting",
     "EmptyPromptListError",
+    "FolderSource",
     "GeneratedImage",
     "ImageInfo",
     "ImageLoadError",
     "MattingResult",
     "MissingModelError",
+    "NoImagesError",
     "ProceduralGenerator",
     "QualityFilters",
     "QualityResult",
@@ -52,6 +56,8 @@ __all__ = [
     "SDXLGenerator",
     "alpha_iou",
     "check_quality",
+    "folder_fingerprint",
+    "list_images",
     "load_image_rgba",
     "load_prompts",
     "parse_prompts",

@@ -14,6 +14,11 @@ of its weight files (hashing 7 GB of weights on every call would be too slow).
 ``sdxl_path`` / ``rembg_model_path`` left at ``None`` are read from the environment variables
 ``DD3G_SDXL_PATH`` / ``DD3G_REMBG_MODEL`` when the config is resolved (:meth:`resolved`);
 a backend that needs a path nobody gave fails with an error that says how to provide it.
+
+The ``folder`` generator (the user's own images, :mod:`.folder`) is versioned by its *settings only*:
+neither the folder's location nor its contents enter the stage version. Each partition instead records
+the relative paths and sha256s of the images it was built from and is rebuilt when they change, so
+adding images re-caches only the partitions they land in, here and downstream (docs/own_data.md).
 """
 
 from __future__ import annotations
@@ -31,7 +36,7 @@ from ..paths import ASSETS_DIR
 STAGE = "rgba_images"
 CODE_VERSION = "2"  # bump when the output of this stage changes for the same config
 
-GENERATORS = ("procedural", "sdxl")
+GENERATORS = ("procedural", "sdxl", "folder")
 MATTINGS = ("exact", "colorkey", "rembg")
 SDXL_PATH_ENV = "DD3G_SDXL_PATH"
 REMBG_MODEL_ENV = "DD3G_REMBG_MODEL"
@@ -80,6 +85,9 @@ class RGBASynthesisConfig:
     Sample ``i`` of shard ``k`` uses seed ``s = seed_start + k * samples_per_shard + i``;
     the procedural object seed is ``s`` offset into ``split``'s seed range
     (:data:`dd3g_core.world.SPLITS`), and the SDXL generator seed is that same number.
+    The ``folder`` generator has no seeds: ``folder`` (a folder or a glob of images) is split over
+    ``num_shards`` by a hash of each image's relative path, and ``samples_per_shard`` is the most
+    samples per tar file of a partition (:mod:`.folder`).
     """
 
     generator: str = "procedural"
@@ -111,10 +119,17 @@ class RGBASynthesisConfig:
     colorkey_low: float = 16.0
     colorkey_high: float = 64.0
     despill: bool = True
+    # folder generator: a folder (searched recursively) or a glob of the user's images
+    folder: str | None = None
 
     def __post_init__(self) -> None:
         if self.generator not in GENERATORS:
             raise ValueError(f"generator must be one of {GENERATORS}, got {self.generator!r}")
+        if (self.generator == "folder") != bool(self.folder):
+            raise ValueError(
+                "the 'folder' generator needs rgba.folder (a folder or a glob of your images), and rgba.folder "
+                f"is only read by it; got generator {self.generator!r}, folder {self.folder!r}"
+            )
         if self.matting not in MATTINGS:
             raise ValueError(f"matting must be one of {MATTINGS}, got {self.matting!r}")
         if self.matting == "exact" and self.generator != "procedural":
@@ -176,12 +191,18 @@ class RGBASynthesisConfig:
                 )
             check_rembg_model(path)
             cfg = dataclasses.replace(cfg, rembg_model_path=str(Path(path).expanduser().resolve()))
-        prompts_path(cfg.prompts_file)  # a missing prompt file is an error for every backend
+        if cfg.generator == "folder":  # where the images are; whether any are there is decided when listing
+            cfg = dataclasses.replace(cfg, folder=str(Path(cfg.folder).expanduser().absolute()))
+        else:
+            prompts_path(cfg.prompts_file)  # a missing prompt file is an error for every generator that reads it
         return cfg
 
     def to_record(self) -> dict:
-        """The config as stored in manifests (model paths included, for humans)."""
-        return asdict(self)
+        """The config as stored in manifests (model and folder paths included, for humans)."""
+        rec = asdict(self)
+        if self.generator != "folder":
+            rec.pop("folder")  # the manifests of the other generators stay as they were
+        return rec
 
 
 def check_sdxl_folder(path: str | os.PathLike) -> Path:
@@ -257,21 +278,29 @@ _SDXL_FIELDS = (
 )
 _PROCEDURAL_FIELDS = ("render_resolution", "num_gaussians", "azimuth_deg", "elevation_deg")
 _COLORKEY_FIELDS = ("colorkey_low", "colorkey_high")
+_SEED_FIELDS = ("split", "seed_start")  # the folder generator has no seeds
+FOLDER_CODE_VERSION = "1"  # bump when the folder source's output changes for the same images and config
 
 
 def version_record(config: RGBASynthesisConfig) -> dict:
     """What the stage version hashes: code version, config without local paths, model identity,
-    and the prompt list's contents (for the SDXL generator)."""
+    and the prompt list's contents (for the SDXL generator). For the folder generator neither the
+    folder's location nor its contents: each partition records and checks its own inputs (module doc)."""
     cfg = asdict(config)
     cfg.pop("sdxl_path")
     cfg.pop("rembg_model_path")
+    cfg.pop("folder")
     # settings of backends this config does not use do not change its output
     unused = _PROCEDURAL_FIELDS if config.generator != "procedural" else _SDXL_FIELDS
+    if config.generator == "folder":
+        unused = unused + _SDXL_FIELDS + _SEED_FIELDS
     if config.matting != "colorkey":
         unused = unused + _COLORKEY_FIELDS
     for name in unused:
         cfg.pop(name, None)
     rec = {"stage": STAGE, "code_version": CODE_VERSION, "config": cfg, "models": model_fingerprint(config)}
+    if config.generator == "folder":
+        rec["folder_code_version"] = FOLDER_CODE_VERSION
     if config.generator == "sdxl":
         from .prompts import load_prompts
 

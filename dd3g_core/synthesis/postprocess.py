@@ -14,6 +14,8 @@ the frame edge is the generator's), then :func:`recentre`:
    colour is a weighted mean of source colours: no dark, key-coloured or ringing fringes
    (bicubic/Lanczos lobes would overshoot where alpha is small).
 
+:func:`filter_and_recentre` is that order, shared by every source (procedural, SDXL, the user's folder).
+
 Filter results are structured: ``QualityResult(passed, reasons=[{"filter", "value", "limit"}],
 stats)``; the reasons are what the manifest lists for rejected samples.
 """
@@ -26,7 +28,8 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 from PIL import Image
 
-from .config import QualityFilters
+from .config import QualityFilters, RGBASynthesisConfig
+from .matting import MattingResult
 
 
 @dataclass
@@ -149,3 +152,29 @@ def final_stats(rgba: np.ndarray, alpha_threshold: float = 0.5) -> dict:
     alpha = rgba[..., 3].astype(np.float32) / 255.0
     bbox = alpha_bbox(alpha, alpha_threshold)
     return {"alpha_coverage": float((alpha > alpha_threshold).mean()), "bbox": list(bbox) if bbox else None}
+
+
+def filter_and_recentre(
+    config: RGBASynthesisConfig, matted: MattingResult, record: dict
+) -> tuple[dict | None, list[dict], dict]:
+    """The quality filters on a matted image, then, if it passed, recentring: ``(sample or None, reasons,
+    filter stats)``. ``record`` (the sample's json, with its ``key``) gets what was measured and done.
+    Every source goes through here: procedural, SDXL and the user's own images filter alike."""
+    quality = check_quality(matted.rgba, config.filters)
+    reasons = list(quality.reasons)
+    if matted.info.get("background_plain") is False:
+        reasons.append(
+            {
+                "filter": "background_not_plain",
+                "value": round(float(matted.info.get("background_border_share") or 0.0), 4),
+                "limit": 0.5,
+            }
+        )
+    record["filters"] = {"passed": not reasons, "reasons": reasons, "stats": quality.stats}
+    record["source_alpha_coverage"] = quality.stats["coverage"]
+    if reasons:
+        return None, reasons, quality.stats
+    rgba, post = recentre(matted.rgba, config.resolution, config.margin)
+    record["postprocess"] = post
+    record.update(final_stats(rgba, config.filters.alpha_threshold))
+    return {"__key__": record["key"], "rgba.png": rgba, "json": record}, reasons, quality.stats

@@ -1,5 +1,8 @@
 """The ``rgba_images`` stage: seeds -> generator -> matting -> filters -> recentre -> shards.
 
+(The ``folder`` generator, the user's own images, takes the same filters, recentring, shard writer and
+cache rules with its own listing, shard assignment and cache key: :mod:`.folder`.)
+
 One **partition** = one shard index ``k``: ``synthesize_shard`` writes
 ``<data_root>/rgba_images/<version>/shard-{k:05d}/`` (a :func:`~dd3g_core.shards.write_shards`
 set: ``shard-000000.tar`` + ``manifest.json``, built under a temp dir and renamed when complete,
@@ -41,7 +44,7 @@ from ..shards.rules import RejectShareError, check_reject_share, sample_key_prob
 from .config import CODE_VERSION, STAGE, RGBASynthesisConfig, shard_dir, stage_dir, stage_version
 from .generators import GeneratedImage, ProceduralGenerator, SDXLGenerator
 from .matting import ColorKeyMatting, MattingResult, RembgMatting
-from .postprocess import check_quality, final_stats, recentre
+from .postprocess import filter_and_recentre
 from .prompts import load_prompts, prompt_for_seed
 
 log = logging.getLogger(__name__)
@@ -62,7 +65,11 @@ class SynthesisBackends:
     def generator(self):
         if self._generator is None:
             c = self.config
-            if c.generator == "procedural":
+            if c.generator == "folder":
+                from .folder import FolderSource
+
+                self._generator = FolderSource(c.folder)
+            elif c.generator == "procedural":
                 self._generator = ProceduralGenerator(
                     c.render_resolution, c.num_gaussians, c.azimuth_deg, c.elevation_deg, c.split
                 )
@@ -92,7 +99,7 @@ class SynthesisBackends:
 
     @property
     def prompts(self) -> list[str] | None:
-        if self.config.generator == "procedural":
+        if self.config.generator != "sdxl":
             return None
         if self._prompts is None:
             self._prompts = load_prompts(self.config.prompts_file)  # EmptyPromptListError if empty
@@ -150,31 +157,17 @@ def process_image(
     record["matting_info"] = matted.info
     if image.true_rgba is not None:  # procedural: how good was the matte (evaluation only)
         record["matting_iou"] = alpha_iou(matted.rgba[..., 3], image.true_rgba[..., 3])
-    quality = check_quality(matted.rgba, config.filters)
-    reasons = list(quality.reasons)
-    if matted.info.get("background_plain") is False:
-        reasons.append(
-            {
-                "filter": "background_not_plain",
-                "value": round(float(matted.info.get("background_border_share") or 0.0), 4),
-                "limit": 0.5,
-            }
-        )
-    record["filters"] = {"passed": not reasons, "reasons": reasons, "stats": quality.stats}
-    record["source_alpha_coverage"] = quality.stats["coverage"]
-    if reasons:
+    sample, reasons, stats = filter_and_recentre(config, matted, record)
+    if sample is None:
         return None, {
             "key": key,
             "seed": seed,
             "stage": "filter",
             "reasons": reasons,
-            "stats": quality.stats,
+            "stats": stats,
             **{k: record[k] for k in ("prompt", "matting_iou") if k in record},
         }
-    rgba, post = recentre(matted.rgba, config.resolution, config.margin)
-    record["postprocess"] = post
-    record.update(final_stats(rgba, config.filters.alpha_threshold))
-    return {"__key__": key, "rgba.png": rgba, "json": record}, None
+    return sample, None
 
 
 def _generate(backends: SynthesisBackends, seeds: Sequence[int], prompts: Sequence[str | None]) -> list:
@@ -301,21 +294,17 @@ def synthesize_shard(
     done / total, rate, ETA every ``$DD3G_PROGRESS_SECONDS``, 30 s by default); ``None``: this module's
     ``logging`` logger at INFO."""
     config = config.resolved()
+    if config.generator == "folder":
+        from .folder import synthesize_folder_shard
+
+        return synthesize_folder_shard(
+            data_root, config, shard_index, backends=backends, max_reject_share=max_reject_share, log=log
+        )
     version = stage_version(config)
     out = shard_dir(data_root, config, shard_index)
-    if out.exists():
-        try:
-            summary = validate_shards(out)
-            if max_reject_share is not None:
-                rejected = summary.manifest.get("rejected")
-                rejected = rejected if isinstance(rejected, list) else []
-                n = summary.num_samples
-                check_reject_share(STAGE, shard_index, n, n + len(rejected), rejected, max_reject_share)
-            return summary, True
-        except ShardValidationError as e:
-            _logger.warning("rebuilding damaged partition %s: %s", out, e)  # replaced atomically below
-        except RejectShareError as e:
-            _logger.warning("not reusing partition %s, it is over its reject limit: %s", out, e)
+    summary = reusable_partition(out, shard_index, max_reject_share)
+    if summary is not None:
+        return summary, True
     backends = backends or SynthesisBackends(config)
     seeds = config.shard_seeds(shard_index)
     _ = backends.prompts, backends.generator, backends.matting  # loaded (SDXL: a minute) before the clock starts
@@ -352,6 +341,32 @@ def synthesize_shard(
         extra=extra,
     )
     return summary, False
+
+
+def reusable_partition(
+    out: Path, shard_index: int, max_reject_share: float | None, matches: Callable[[dict], bool] | None = None
+) -> ShardSetSummary | None:
+    """The published partition ``out`` if it is a cache hit: it validates against its manifest, is within
+    ``max_reject_share`` and (``matches``) was built from the inputs the caller has now; else ``None``
+    (the caller rebuilds it, atomically replacing what is there)."""
+    if not out.exists():
+        return None
+    try:
+        summary = validate_shards(out)
+        if matches is not None and not matches(summary.manifest):
+            _logger.info("rebuilding partition %s: its inputs changed", out)
+            return None
+        if max_reject_share is not None:
+            rejected = summary.manifest.get("rejected")
+            rejected = rejected if isinstance(rejected, list) else []
+            n = summary.num_samples
+            check_reject_share(STAGE, shard_index, n, n + len(rejected), rejected, max_reject_share)
+        return summary
+    except ShardValidationError as e:
+        _logger.warning("rebuilding damaged partition %s: %s", out, e)  # replaced atomically by the caller
+    except RejectShareError as e:
+        _logger.warning("not reusing partition %s, it is over its reject limit: %s", out, e)
+    return None
 
 
 def synthesize_rgba(
@@ -411,6 +426,7 @@ def preview_grid(summary_or_dir, count: int = 8) -> np.ndarray:  # uint8 [R, n*R
 __all__ = [
     "SynthesisBackends",
     "alpha_iou",
+    "reusable_partition",
     "preview_grid",
     "shard_summaries",
     "stage_dir",

@@ -29,6 +29,7 @@ from ..student_training import (
     student_version,
     student_version_inputs,
     train_student,
+    trajectories_content,
 )
 
 __all__ = ["ABLATION_PARTITIONS", "ABLATIONS_GROUP", "ablation_asset", "StudentAblationsConfig", "student_ablations"]
@@ -75,10 +76,11 @@ def student_ablations(
 ):
     base, traj_dir = resolve_base_config(config, settings, teacher, teacher_trajectories)
     records, data_versions, errors = {}, {}, {}
+    data = trajectories_content(settings, teacher_trajectories)
     for name in context.partition_keys:
         ablated = ablation_config(base, name)
         version = student_version(
-            {**student_version_inputs(CODE_VERSION, ablated, teacher, traj_dir), "ablation": name}
+            {**student_version_inputs(CODE_VERSION, ablated, teacher, traj_dir, data), "ablation": name}
         )
         run_dir = settings.root() / "student_ablations" / name / version
         context.log.info(f"ablation {name} ({ABLATIONS[name]}): {run_dir}")

@@ -2,8 +2,10 @@
 
 Each partition writes ``<data_root>/rgba_images/<version>/shard-NNNNN/`` with
 ``dd3g_core.synthesis.synthesize_shard`` under the profile's ``rgba`` settings (procedural objects
-on a colour key in tiny/smoke, SDXL + rembg from local files in full). Its record (the value passed
-to ``teacher_trajectories``) is ``{partition: {path, content_hash, stage_version, num_samples}}``.
+on a colour key in tiny/smoke, SDXL + rembg from local files in full; the user's own images with a
+profile file's ``{"rgba": {"generator": "folder", "folder": "/path/or/glob"}}``, docs/own_data.md). Its
+record (the value passed to ``teacher_trajectories``) is ``{partition: {path, content_hash, stage_version,
+num_samples}}``.
 
 Data version: the hash of the partition's shard sha256s (its manifest); a run over several
 partitions gets one data version for all of them, and each partition's own hash is in its
@@ -40,8 +42,9 @@ CODE_VERSION = f"rgba-{synthesis.CODE_VERSION}.asset-1"
     kinds={"webdataset"},
     check_specs=RGBA_CHECKS,
     description="Stage 1: RGBA object images (procedural objects on a colour key in tiny/smoke, SDXL + rembg in "
-    "full), one webdataset shard set per partition in `<data_root>/rgba_images/<version>/shard-NNNNN/` (tar files + "
-    "manifest.json). Look at each partition's `preview` ([Show Markdown]: its first 8 images on white, then on black:"
+    "full, or your own images: a profile's rgba.generator 'folder'), one webdataset shard set per partition in "
+    "`<data_root>/rgba_images/<version>/shard-NNNNN/` (tar files + manifest.json). Look at each partition's "
+    "`preview` ([Show Markdown]: its first 8 images on white, then on black:"
     " clean silhouettes, objects whole and centred), `num_samples` / `num_rejected`, and the checks.",
 )
 def rgba_images(context: dg.AssetExecutionContext, settings: DD3GSettings):

@@ -14,7 +14,9 @@ records of every partition (the shard sets it reads); with ``warm_start``, the a
 (``dd3g_core.promotion``). Settings: the profile's ``distill`` (or a
 JSON run config), plus ``overrides``. The run directory is ``<data_root>/pepd_student/<version>/``,
 ``version`` = hash of this asset's code version, the resolved config's identity, the teacher's
-content hash and the trajectories' version. ``<run>/distill_config.json`` is the exact config the
+content hash and the trajectories' version (with a ``folder`` RGBA source, whose versions stay put when images
+are added, also the trajectory partitions' content hashes: :func:`pipelines.student_training.trajectories_content`).
+``<run>/distill_config.json`` is the exact config the
 trainer ran with. A finished run of the same version is a cache hit (no launch) only if every file it
 vouches for still matches ``<run>/export_manifest.json`` (sizes, sha256: :mod:`pipelines.export_manifest`);
 otherwise, and for an unfinished run, the trainer is launched and resumes from its newest checkpoint, so
@@ -38,6 +40,7 @@ from ..student_training import (
     student_version,
     student_version_inputs,
     train_student,
+    trajectories_content,
 )
 
 
@@ -83,7 +86,8 @@ def pepd_student(
         else:
             base, warm_from = base.replace(init_from=accepted["path"]), accepted["weights_sha256"][:16]
             context.log.info(f"warm_start: from the accepted student {warm_from} ({accepted['path']})")
-    version = student_version(student_version_inputs(CODE_VERSION, base, teacher, traj_dir))
+    data = trajectories_content(settings, teacher_trajectories)
+    version = student_version(student_version_inputs(CODE_VERSION, base, teacher, traj_dir, data))
     run_dir = settings.root() / "pepd_student" / version
     trained = train_student(context, config, pipes_subprocess_client, base, teacher, traj_dir, run_dir, version)
     return dg.MaterializeResult(
