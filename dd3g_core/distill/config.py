@@ -74,6 +74,9 @@ class DistillConfig:
     num_workers: int = 1
     shuffle_buffer: int = 256
     render_backend: Literal["auto", "gsplat", "cpu"] = "auto"
+    # --- memory (docs/gpu.md); at their defaults neither appears in to_dict() / identity(): versions unchanged ---
+    gradient_checkpointing: bool = False  # recompute the student's block activations in the backward
+    freeze_phase1_blocks: int = 0  # phase 1's embeddings + its first k blocks get no gradient (0: none)
     # --- bookkeeping ---
     seed: int = 0
     log_every: int = 10
@@ -131,12 +134,15 @@ class DistillConfig:
             raise ValueError(f"DistillConfig.lr must be > 0, got {self.lr}")
         if not 0 <= self.ema_decay < 1:
             raise ValueError(f"DistillConfig.ema_decay must be in [0, 1), got {self.ema_decay}")
-        for name in ("warmup_steps", "num_workers", "shuffle_buffer", "torch_threads"):
+        for name in ("warmup_steps", "num_workers", "shuffle_buffer", "torch_threads", "freeze_phase1_blocks"):
             if getattr(self, name) < 0:
                 raise ValueError(f"DistillConfig.{name} must be >= 0, got {getattr(self, name)}")
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
+        for name, default in _OMITTED_AT_DEFAULT.items():  # configs (and exported students) from before the options
+            if d[name] == default:
+                del d[name]
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in d.items()}
 
     @classmethod
@@ -156,9 +162,16 @@ class DistillConfig:
     def identity(self) -> dict[str, Any]:
         """The fields that define what is being trained (a resumed run must match them)."""
         skip = {"out", "steps", "log_every", "checkpoint_every", "keep_checkpoints", "num_workers", "torch_threads"}
+        # checkpointing changes how memory is spent, not what is trained: a run may resume with it on or off
+        skip.add("gradient_checkpointing")
         if self.init_from is None:  # no warm start: the identity (and every run's version) as before the option
             skip.add("init_from")
         return {k: v for k, v in self.to_dict().items() if k not in skip}
+
+
+# Fields left out of to_dict() while they hold these values, so every config, version and exported student
+# made before the field existed stays byte-identical.
+_OMITTED_AT_DEFAULT = {"gradient_checkpointing": False, "freeze_phase1_blocks": 0}
 
 
 def preset_config(name: str) -> DistillConfig:

@@ -55,6 +55,7 @@ from .losses import (
     sample_timesteps,
     surface_consistency_loss,
 )
+from .memory import set_encoder_checkpointing
 
 __all__ = ["main", "train", "build_student", "compute_losses"]
 
@@ -65,17 +66,22 @@ def build_student(cfg: DistillConfig, teacher) -> PEPD:
     The teacher's U-Net config replaces the preset's (unless ``model_overrides`` sets ``unet``), so a
     teacher trained with an option such as ``concat_image`` gives a student with the same phase 1;
     with ``init == "teacher"`` phase 1 then starts from the teacher's weights. ``init_from`` (an exported
-    student folder) warm-starts every weight instead; a folder of another architecture is refused."""
+    student folder) warm-starts every weight instead; a folder of another architecture is refused. The memory
+    options (``gradient_checkpointing``, ``freeze_phase1_blocks``) are applied to the model returned."""
     overrides = dict(cfg.model_overrides)
     overrides.setdefault("unet", teacher.unet.config)
     pcfg = PEPDConfig.preset(cfg.model).replace(**overrides)
     if pcfg.input_view >= 0 and "input_view" not in cfg.model_overrides:  # the teacher's layout says which view is II's
         pcfg = pcfg.replace(input_view=max(int(teacher.layout.input_view), -1))
     if cfg.init_from:  # a warm start (e.g. the last accepted student): same architecture, its weights
-        return PEPD.from_pretrained(cfg.init_from, expected=pcfg).train()
-    model = PEPD(pcfg)
-    if cfg.init == "teacher":
-        model.init_from_teacher(teacher.unet)
+        model = PEPD.from_pretrained(cfg.init_from, expected=pcfg).train()
+    else:
+        model = PEPD(pcfg)
+        if cfg.init == "teacher":
+            model.init_from_teacher(teacher.unet)
+    # memory options (docs/gpu.md): frozen weights stay out of the optimizer (_param_groups)
+    model.set_gradient_checkpointing(cfg.gradient_checkpointing)
+    model.freeze_phase1(cfg.freeze_phase1_blocks)
     return model
 
 
@@ -200,8 +206,11 @@ class _WarmupCosine:
 
 
 def _param_groups(model: PEPD, cfg: DistillConfig) -> list[dict]:
-    phase1 = [p for n, p in model.named_parameters() if n.startswith("phase1.")]
-    rest = [p for n, p in model.named_parameters() if not n.startswith("phase1.")]
+    """Phase 1 at ``phase1_lr_scale``, the rest at ``lr``; frozen parameters (``freeze_phase1_blocks``) are left
+    out, so they get no optimizer state and weight decay never moves them."""
+    trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    phase1 = [p for n, p in trainable if n.startswith("phase1.")]
+    rest = [p for n, p in trainable if not n.startswith("phase1.")]
     return [{"params": phase1, "lr": cfg.lr * cfg.phase1_lr_scale}, {"params": rest, "lr": cfg.lr}]
 
 
@@ -241,6 +250,7 @@ def _train(accelerator, cfg: DistillConfig, reporter: Reporter | None) -> dict[s
     # 2. frozen teacher + student
     weight_dtype = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[cfg.mixed_precision]
     teacher = load_teacher(cfg.teacher, device=accelerator.device, dtype=weight_dtype)
+    set_encoder_checkpointing(teacher, cfg.gradient_checkpointing)  # the SDS term backpropagates through it
     model = build_student(cfg, teacher)
     perceptual = None
     if cfg.perceptual_weights and cfg.perceptual_weight > 0:

@@ -29,16 +29,17 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from ..cameras import pixel_rays, plucker
 from ..gaussians import Gaussians
 from ..images import resize_square
 from ..io import atomic_directory, atomic_write_json
 from ..teacher.interface import Condition
-from ..teacher.unet import MultiViewUNet
 from ..weights import check_state_dict, config_errors, load_weights_file, read_json_config
 from .config import PEPDConfig
 from .heads import GaussianHeads
+from .phase1 import Phase1UNet, freeze_phase1
 from .transformer import TransformerBlock
 
 __all__ = ["PEPD", "PEPDOutput", "ConfigMismatchError"]
@@ -75,7 +76,7 @@ class PEPD(nn.Module):
         self.config = c = PEPDConfig.preset(config) if isinstance(config, str) else config
         ctx = torch.device("meta") if _meta else torch.device("cpu")
         with ctx:
-            unet = MultiViewUNet(c.unet)
+            unet = Phase1UNet(c.unet)
             unet.output_blocks = unet.output_blocks[: c.phase1_output_blocks]
             unet.out = nn.Identity()  # phase 1 returns features, not noise
             self.phase1 = unet
@@ -151,8 +152,9 @@ class PEPD(nn.Module):
         # 3. progressive decoding: mu, then (s, q), then (alpha, c) from increasing depth
         n_view = view_tokens.shape[1]
         raw: dict[str, Tensor] = {}
+        checkpointed = self.phase1.gradient_checkpointing and torch.is_grad_enabled()
         for i, block in enumerate(self.blocks, start=1):
-            tokens = block(tokens)
+            tokens = checkpoint(block, tokens, use_reentrant=False) if checkpointed else block(tokens)
             if i == c.mu_block:
                 raw["mu"] = self.heads.read("mu", tokens[:, :n_view])
             if i == c.shape_block:
@@ -183,6 +185,23 @@ class PEPD(nn.Module):
         if x.shape[-1] != x.shape[-2]:
             raise ValueError(f"image must be square (recentre/pad first), got {x.shape[-2]}x{x.shape[-1]}")
         return x.clamp(0, 1)
+
+    # ------------------------------------------------------------------ memory options (training only, not saved)
+    @property
+    def gradient_checkpointing(self) -> bool:
+        return self.phase1.gradient_checkpointing
+
+    def set_gradient_checkpointing(self, enabled: bool = True) -> PEPD:
+        """Recompute the activations of every phase-1 block and phase-2 transformer block in the backward
+        instead of keeping them (``Phase1UNet``): the same loss and gradients, much less activation memory,
+        one more forward of those blocks per step. Off under ``torch.no_grad`` anyway (inference)."""
+        self.phase1.gradient_checkpointing = bool(enabled)
+        return self
+
+    def freeze_phase1(self, num_blocks: int) -> list[str]:
+        """``requires_grad=False`` for phase 1's embeddings and its first ``num_blocks`` blocks
+        (:func:`~dd3g_core.model.phase1.freeze_phase1`); returns the frozen parameter names."""
+        return [f"phase1.{n}" for n in freeze_phase1(self.phase1, num_blocks)]
 
     # ------------------------------------------------------------------ initialisation / sizes
     def init_from_teacher(self, teacher_unet: nn.Module | Mapping[str, Tensor]) -> list[str]:
