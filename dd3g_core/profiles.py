@@ -4,7 +4,7 @@ A profile is the settings of the whole recipe for one kind of machine:
 
 =========  ==========================================================================================
 ``tiny``   the embedded default on a laptop CPU: procedural objects on a colour key, the shipped tiny
-           teacher (pixel space), the tiny PEPD, the project's CPU rasterizer (~30 min on 2 cores)
+           teacher (pixel space), the tiny PEPD, the project's CPU rasterizer (~12 min on 2 cores)
 ``smoke``  seconds, for tests and CI: the same classes at toy sizes; the teacher is always trained
            by the seconds-long ``smoke`` recipe, so nothing depends on shipped weights
 ``full``   GPUs and real weights: SDXL + rembg from local files, ImageDream from a local folder,
@@ -254,14 +254,16 @@ class Profile:
 PROFILES: dict[str, Profile] = {
     "tiny": Profile(
         name="tiny",
-        description="embedded CPU default: procedural world, shipped tiny teacher, tiny PEPD (~30 min on 2 cores)",
+        description="embedded CPU default: procedural world, shipped tiny teacher, tiny PEPD (~12 min on 2 cores)",
         # procedural objects on a colour key, 8 shards x 32 samples at 64 px
         rgba=RGBASynthesisConfig(),
-        # 4 noise draws per image, the teacher's 25 DDIM steps, x_t kept at steps 5/10/15/20
-        trajectories=TrajectoryCacheConfig(),
+        # 2 noise draws per image, the teacher's 25 DDIM steps, x_t kept at steps 5/10/15/20; batches of 8
+        # (the fastest on 2 cores; docs/experiments/pipeline_runs.md)
+        trajectories=TrajectoryCacheConfig(num_noise_draws=2, batch_size=8),
         teacher=TeacherSettings(kind="tiny", path=str(TINY_TEACHER_DIR), recipe="shipped"),
-        # 1500 steps x batch 8 (docs/student.md)
-        distill=DistillConfig(),
+        # the solid-student recipe at a laptop's budget: 800 steps x batch 8 at 3x the learning rate, as good as
+        # the shipped student (the same recipe at 1500 steps on 4 draws: assets/profiles/tiny-long.json)
+        distill=DistillConfig(steps=800, lr=1.2e-3, warmup_steps=30, implicit_ramp=(160, 480)),
         # 64 held-out objects x 2 draws, 16 azimuths x 2 elevations at 32 and 128 px (docs/evaluation.md)
         evaluation=EvaluationSettings(heldout_objects=64, draws=2, fit_objects=16),
     ),

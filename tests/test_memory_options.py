@@ -6,8 +6,15 @@ import pytest
 import torch
 
 from dd3g_core.distill.config import DistillConfig, apply_overrides, load_config
-from dd3g_core.distill.memory import SavedTensorBytes, fit_line, largest_batch, static_memory, synthetic_batch
-from dd3g_core.distill.train import _param_groups, build_student, compute_losses
+from dd3g_core.distill.memory import (
+    SavedTensorBytes,
+    fit_line,
+    largest_batch,
+    out_of_memory_advice,
+    static_memory,
+    synthetic_batch,
+)
+from dd3g_core.distill.train import _param_groups, build_student, compute_losses, train
 from dd3g_core.model.phase1 import phase1_blocks
 from dd3g_core.teacher import TinyTeacher
 
@@ -152,3 +159,21 @@ def test_checkpointing_the_teachers_vae_encoder_keeps_the_sds_gradient(tmp_path)
     assert teacher.vae.encoder.gradient_checkpointing
     torch.testing.assert_close(grads[1], grads[0], rtol=1e-5, atol=1e-9)
     assert grads[0].abs().sum() > 0
+
+
+def test_out_of_memory_names_the_memory_options_and_a_smaller_batch():
+    msg = out_of_memory_advice(load_config(preset="full"))
+    assert "batch_size=4" in msg and "gradient_checkpointing=true" in msg and "freeze_phase1_blocks" in msg
+    assert "--set batch_size=2 --set grad_accum=8" in msg  # the same effective batch (4 x 4)
+    on = out_of_memory_advice(load_config(preset="full").replace(gradient_checkpointing=True, batch_size=1))
+    assert "gradient_checkpointing" not in on and "batch_size=1:" in on and "--set batch_size" not in on
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CUDA-less message")
+def test_gsplat_without_cuda_is_one_message_before_any_work(tmp_path):
+    cfg = load_config(preset="tiny").replace(
+        render_backend="gsplat", trajectories=str(tmp_path / "traj"), out=str(tmp_path / "run")
+    )
+    with pytest.raises(ValueError, match="render_backend='gsplat' needs a CUDA GPU.*render_backend=auto"):
+        train(cfg)
+    assert not (tmp_path / "run").exists()  # nothing written

@@ -43,6 +43,7 @@ __all__ = [
     "synthetic_batch",
     "fit_line",
     "largest_batch",
+    "out_of_memory_advice",
 ]
 
 # autograd nodes that only view or transpose their input: a saved weight is often such a view of the cast copy
@@ -214,3 +215,18 @@ def largest_batch(static: float, per_sample: float, budget: float) -> int:
     if per_sample <= 0:
         raise ValueError(f"per-sample memory must be > 0, got {per_sample}")
     return max(0, math.floor((budget - static) / per_sample))
+
+
+def out_of_memory_advice(cfg) -> str:  # cfg: DistillConfig
+    """What to change when a step does not fit the GPU (docs/gpu.md has the memory table)."""
+    fixes = []
+    if not cfg.gradient_checkpointing:
+        fixes.append("--set gradient_checkpointing=true (the same loss; one more forward of phase 1 per step)")
+    fixes.append("--set freeze_phase1_blocks=13 (phase 1's encoder stays the teacher's)")
+    if cfg.batch_size > 1:
+        smaller = max(1, cfg.batch_size // 2)
+        fixes.append(
+            f"--set batch_size={smaller} --set grad_accum={cfg.grad_accum * cfg.batch_size // smaller} "
+            "(the same effective batch)"
+        )
+    return f"CUDA out of memory at batch_size={cfg.batch_size}: try " + "; or ".join(fixes) + " (docs/gpu.md)"

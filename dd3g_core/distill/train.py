@@ -55,7 +55,7 @@ from .losses import (
     sample_timesteps,
     surface_consistency_loss,
 )
-from .memory import set_encoder_checkpointing
+from .memory import out_of_memory_advice, set_encoder_checkpointing
 
 __all__ = ["main", "train", "build_student", "compute_losses"]
 
@@ -221,6 +221,11 @@ def train(cfg: DistillConfig, reporter: Reporter | None = None) -> dict[str, Any
 
     if not cfg.trajectories or not cfg.out:
         raise ValueError("config needs `trajectories` (teacher_trajectories dir) and `out` (run dir)")
+    if cfg.render_backend == "gsplat" and not torch.cuda.is_available():
+        raise ValueError(
+            "render_backend='gsplat' needs a CUDA GPU and none is visible: run on a GPU machine, or "
+            "--set render_backend=auto (the CPU rasterizer here, gsplat on CUDA)"
+        )
     resolve_shard_urls(cfg.trajectories, validate=False)  # a missing / non-tar path fails now, not in a worker
     if cfg.torch_threads:
         torch.set_num_threads(cfg.torch_threads)
@@ -233,7 +238,10 @@ def train(cfg: DistillConfig, reporter: Reporter | None = None) -> dict[str, Any
         cpu=not torch.cuda.is_available(),
     )
     with run_directory_lock(accelerator, cfg.out):  # before anything is read or written in `out`
-        return _train(accelerator, cfg, reporter)
+        try:
+            return _train(accelerator, cfg, reporter)
+        except torch.cuda.OutOfMemoryError as e:  # the newest checkpoint stays; a rerun with less memory resumes
+            raise RuntimeError(out_of_memory_advice(cfg)) from e
 
 
 def _train(accelerator, cfg: DistillConfig, reporter: Reporter | None) -> dict[str, Any]:

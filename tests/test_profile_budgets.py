@@ -1,0 +1,43 @@
+"""The tiny profile and the shipped student are one recipe at two budgets (issue #15 item 5, issue #14).
+
+``tiny`` is sized for a laptop's first run; ``assets/profiles/tiny-long.json`` is the budget the shipped
+``assets/models/tiny-pepd`` was distilled with. Everything but the budget (noise draws, cache batch, steps,
+learning-rate schedule) must be the same, and tiny-long must be exactly the shipped student's recorded config.
+"""
+
+import dataclasses
+import json
+from pathlib import Path
+
+from dd3g_core.distill.config import DistillConfig
+from dd3g_core.profiles import get_profile
+from dd3g_core.trajectories.config import TrajectoryCacheConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+LONG = ROOT / "assets" / "profiles" / "tiny-long.json"
+SHIPPED = ROOT / "assets" / "models" / "tiny-pepd" / "config.json"
+BUDGET = {"steps", "lr", "warmup_steps", "implicit_ramp"}  # what a budget may change in distill
+CACHE_BUDGET = {"num_noise_draws", "batch_size"}  # ... and in the trajectory cache
+
+
+def _identity(cfg: DistillConfig) -> dict:
+    return cfg.replace(trajectories="", out="", teacher=None).identity()
+
+
+def test_tiny_long_is_the_shipped_students_recorded_recipe():
+    long = get_profile(str(LONG))
+    recorded = json.loads(SHIPPED.read_text())
+    assert recorded["train_step"] == long.distill.steps
+    assert _identity(long.distill) == _identity(DistillConfig.from_dict(recorded["distill_config"]))
+    assert long.trajectories == TrajectoryCacheConfig()  # the cache the shipped student was trained on
+
+
+def test_tiny_differs_from_the_shipped_recipe_only_in_budget():
+    tiny, long = get_profile("tiny"), get_profile(str(LONG))
+    a, b = tiny.distill.to_dict(), long.distill.to_dict()
+    assert {k for k in a if a[k] != b[k]} <= BUDGET
+    t, u = dataclasses.asdict(tiny.trajectories), dataclasses.asdict(long.trajectories)
+    assert {k for k in t if t[k] != u[k]} <= CACHE_BUDGET
+    for stage in ("rgba", "teacher", "evaluation", "limits", "promotion"):
+        assert getattr(tiny, stage) == getattr(long, stage), stage
+    assert tiny.distill.steps < long.distill.steps and tiny.trajectories.num_noise_draws >= 2  # diversity kept
