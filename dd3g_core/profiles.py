@@ -112,7 +112,10 @@ class EvaluationSettings:
     local files (a VGG16 + LPIPS ``lin*`` safetensors; a transformers CLIP folder); absent, the metric
     is reported as unavailable. ``folder``: a local folder of rendered evaluation objects
     (``docs/evaluation_folder.md``) scored instead of procedural objects when set. ``grid_objects``:
-    objects shown in the report's image grids and turntables.
+    objects shown in the report's image grids and turntables. ``teacher_steps`` / ``teacher_guidance``: how
+    the teacher's own views are sampled, which must be how the trajectory cache samples them (the student
+    learns the teacher *as cached*; teacher agreement is measured against the same sampler); ``None``: the
+    teacher's defaults (and no change to the settings' record, so older references keep their version).
     """
 
     heldout_objects: int = 8
@@ -128,6 +131,8 @@ class EvaluationSettings:
     folder: str | None = None
     grid_objects: int = 4
     batch_size: int = 8
+    teacher_steps: int | None = None
+    teacher_guidance: float | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "novel_elevations", tuple(float(e) for e in self.novel_elevations))
@@ -139,12 +144,17 @@ class EvaluationSettings:
                 raise ValueError(f"evaluation.{name} must be >= 0, got {getattr(self, name)}")
         if not self.novel_elevations or any(abs(e) >= 90 for e in self.novel_elevations):
             raise ValueError(f"evaluation.novel_elevations must be angles in (-90, 90), got {self.novel_elevations}")
+        if self.teacher_steps is not None and int(self.teacher_steps) < 1:
+            raise ValueError(f"evaluation.teacher_steps must be >= 1 (null: the teacher's), got {self.teacher_steps}")
         if not 0 < self.fog_band < 0.5:
             raise ValueError(f"evaluation.fog_band must be a share of the image side in (0, 0.5), got {self.fog_band}")
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["novel_elevations"] = list(self.novel_elevations)
+        for name in ("teacher_steps", "teacher_guidance"):  # at the teacher's defaults: the record as before
+            if d[name] is None:
+                del d[name]
         return d
 
 
@@ -257,15 +267,16 @@ PROFILES: dict[str, Profile] = {
         description="embedded CPU default: procedural world, shipped tiny teacher, tiny PEPD (~12 min on 2 cores)",
         # procedural objects on a colour key, 8 shards x 32 samples at 64 px
         rgba=RGBASynthesisConfig(),
-        # 2 noise draws per image, the teacher's 25 DDIM steps, x_t kept at steps 5/10/15/20; batches of 8
-        # (the fastest on 2 cores; docs/experiments/pipeline_runs.md)
-        trajectories=TrajectoryCacheConfig(num_noise_draws=2, batch_size=8),
+        # 2 noise draws per image, 10 DDIM steps (as good as the teacher's 25: docs/experiments/teacher_training.md),
+        # x_t kept at steps 2/4/6/8; batches of 8 (the fastest on 2 cores; docs/experiments/pipeline_runs.md)
+        trajectories=TrajectoryCacheConfig(num_noise_draws=2, steps=10, record_steps=(2, 4, 6, 8), batch_size=8),
         teacher=TeacherSettings(kind="tiny", path=str(TINY_TEACHER_DIR), recipe="shipped"),
         # the solid-student recipe at a laptop's budget: 800 steps x batch 8 at 3x the learning rate, as good as
         # the shipped student (the same recipe at 1500 steps on 4 draws: assets/profiles/tiny-long.json)
         distill=DistillConfig(steps=800, lr=1.2e-3, warmup_steps=30, implicit_ramp=(160, 480)),
-        # 64 held-out objects x 2 draws, 16 azimuths x 2 elevations at 32 and 128 px (docs/evaluation.md)
-        evaluation=EvaluationSettings(heldout_objects=64, draws=2, fit_objects=16),
+        # 64 held-out objects x 2 draws, 16 azimuths x 2 elevations at 32 and 128 px (docs/evaluation.md); the
+        # teacher's views sampled as the trajectory cache samples them
+        evaluation=EvaluationSettings(heldout_objects=64, draws=2, fit_objects=16, teacher_steps=10),
     ),
     "smoke": Profile(
         name="smoke",
@@ -290,7 +301,15 @@ PROFILES: dict[str, Profile] = {
             shuffle_buffer=8,
         ),
         evaluation=EvaluationSettings(
-            heldout_objects=2, draws=2, novel_azimuths=4, display_scale=2, fit_objects=1, fit_steps=5, grid_objects=2
+            heldout_objects=2,
+            draws=2,
+            novel_azimuths=4,
+            display_scale=2,
+            fit_objects=1,
+            fit_steps=5,
+            grid_objects=2,
+            teacher_steps=3,
+            teacher_guidance=2.0,
         ),
     ),
     "full": Profile(

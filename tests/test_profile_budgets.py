@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
 LONG = ROOT / "assets" / "profiles" / "tiny-long.json"
 SHIPPED = ROOT / "assets" / "models" / "tiny-pepd" / "config.json"
 BUDGET = {"steps", "lr", "warmup_steps", "implicit_ramp"}  # what a budget may change in distill
-CACHE_BUDGET = {"num_noise_draws", "batch_size"}  # ... and in the trajectory cache
+CACHE_BUDGET = {"num_noise_draws", "steps", "record_steps", "batch_size"}  # ... and in the trajectory cache
 
 
 def _identity(cfg: DistillConfig) -> dict:
@@ -38,6 +38,18 @@ def test_tiny_differs_from_the_shipped_recipe_only_in_budget():
     assert {k for k in a if a[k] != b[k]} <= BUDGET
     t, u = dataclasses.asdict(tiny.trajectories), dataclasses.asdict(long.trajectories)
     assert {k for k in t if t[k] != u[k]} <= CACHE_BUDGET
-    for stage in ("rgba", "teacher", "evaluation", "limits", "promotion"):
+    for stage in ("rgba", "teacher", "limits", "promotion"):
         assert getattr(tiny, stage) == getattr(long, stage), stage
+    # the evaluation differs only in how the teacher's own views are sampled: as each one's cache samples
+    assert dataclasses.replace(tiny.evaluation, teacher_steps=None) == long.evaluation
     assert tiny.distill.steps < long.distill.steps and tiny.trajectories.num_noise_draws >= 2  # diversity kept
+
+
+def test_each_profile_scores_the_teacher_as_its_cache_samples_it():
+    """Teacher agreement is measured against the sampler the student learned from (tiny teacher: 25, 1)."""
+    for spec in ("tiny", "smoke", str(LONG)):
+        p = get_profile(spec)
+        t, e = p.trajectories, p.evaluation
+        cache = (t.steps or 25, 1.0 if t.guidance is None else t.guidance)
+        scored = (e.teacher_steps or 25, 1.0 if e.teacher_guidance is None else e.teacher_guidance)
+        assert cache == scored, spec

@@ -27,6 +27,7 @@ from ..exports import save_png, views_grid
 from ..io import atomic_write_bytes, atomic_write_json
 from .gaussian_stats import gaussian_statistics
 from .metrics import fog, foreground_iou, psnr, ssim
+from .references import teacher_sampling
 from .report import finite_json
 
 __all__ = ["evaluate_inputs"]
@@ -74,7 +75,7 @@ def evaluate_inputs(
         at_c, oi_draws = [], []
         for draw in range(settings.draws):
             noise = teacher.draw_noise(1, noise_seed(f"input-{name}", draw))
-            oi = teacher.sample(cond, noise, cameras=cams).images.float().cpu()
+            oi = teacher.sample(cond, noise, cameras=cams, **teacher_sampling(settings)).images.float().cpu()
             g = model(noise, cams.embedding, cond, image, cams.viewmats, cams.Ks, res).gaussians
             r = render(
                 g, cams.viewmats[None].to(dev), cams.Ks[None].to(dev), res, res, background=bg.to(dev), backend=backend

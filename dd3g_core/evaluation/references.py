@@ -4,7 +4,8 @@
 
 1. the held-out objects and their ground truth (:func:`.heldout.heldout_set`);
 2. the teacher's own views: OI from every object's N for each of ``settings.draws`` draws (DDIM with
-   the teacher's default steps and guidance, as the trajectory cache samples);
+   ``settings.teacher_steps`` / ``teacher_guidance``, None = the teacher's defaults: as the trajectory
+   cache samples);
 3. the per-sample fit ceiling (:mod:`.fit`) on the first ``settings.fit_objects`` objects, fitted to
    draw 0's OI with the student's number of Gaussians.
 
@@ -30,7 +31,14 @@ from ..gaussians import Gaussians
 from ..progress import Progress
 from .heldout import HeldoutSet, NovelCameras, heldout_noise, heldout_set
 
-__all__ = ["References", "build_references", "save_references", "load_references", "REFERENCES_FORMAT"]
+__all__ = [
+    "References",
+    "build_references",
+    "teacher_sampling",
+    "save_references",
+    "load_references",
+    "REFERENCES_FORMAT",
+]
 
 REFERENCES_FORMAT = (
     "dd3g-eval-references-2"  # 2: the fit ceiling on the student's objective (matte, random backgrounds)
@@ -55,6 +63,11 @@ class References:
         return self.teacher_views[draw][index].float()
 
 
+def teacher_sampling(settings) -> dict[str, Any]:
+    """``teacher.sample``'s steps and guidance for the teacher's own views (None: its defaults)."""
+    return {"steps": getattr(settings, "teacher_steps", None), "guidance": getattr(settings, "teacher_guidance", None)}
+
+
 def build_references(
     teacher, settings, num_gaussians: int, log: Callable[[str], None] = print, backend: str = "auto"
 ) -> References:
@@ -73,7 +86,8 @@ def build_references(
         for start in range(0, len(data), settings.batch_size):
             sl = slice(start, start + settings.batch_size)
             cond = teacher.encode_condition(data.inputs[sl].to(teacher.device))
-            oi = teacher.sample(cond, heldout_noise(teacher, data.seeds[sl], draw), cameras=cams).images
+            noise = heldout_noise(teacher, data.seeds[sl], draw)
+            oi = teacher.sample(cond, noise, cameras=cams, **teacher_sampling(settings)).images
             views.append(oi.float().cpu().to(torch.float16))
             progress.update(len(oi))
     progress.close()
