@@ -27,6 +27,7 @@ from dd3g_core.distill.config import DistillConfig
 from dd3g_core.distill.train import build_student
 from dd3g_core.gaussians import Gaussians
 from dd3g_core.model import PEPD
+from dd3g_core.teacher.imagedream import RELEASE_SCHEDULER_CONFIG
 
 TEXT_TOWER = dict(  # SD 2.1's OpenCLIP ViT-H/14 text encoder as diffusers converts it
     hidden_size=1024,
@@ -58,17 +59,6 @@ VAE = dict(  # SD 2.1's VAE (latents 4 x 32 x 32 for 256 px views)
     norm_num_groups=32,
     sample_size=256,
     scaling_factor=0.18215,
-)
-SCHEDULER = dict(  # scheduler/scheduler_config.json of the release
-    num_train_timesteps=1000,
-    beta_schedule="scaled_linear",
-    beta_start=0.00085,
-    beta_end=0.012,
-    clip_sample=False,
-    set_alpha_to_one=False,
-    steps_offset=1,
-    prediction_type="epsilon",
-    timestep_spacing="leading",
 )
 
 
@@ -110,7 +100,7 @@ def random_imagedream(device: torch.device | str = "cpu", dtype: torch.dtype = t
         **parts,
         tokenizer=_tokenizer(),
         feature_extractor=CLIPImageProcessor(size={"shortest_edge": 224}, crop_size={"height": 224, "width": 224}),
-        scheduler=DDIMScheduler(**SCHEDULER),
+        scheduler=DDIMScheduler(**RELEASE_SCHEDULER_CONFIG),
     )
     teacher.requires_grad_(False)
     teacher.unet.to(memory_format=torch.channels_last)  # as load_teacher does

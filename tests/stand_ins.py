@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 
 from dd3g_core.teacher import MultiViewUNet, MultiViewUNetConfig
+from dd3g_core.teacher.imagedream import RELEASE_SCHEDULER_CONFIG
 
 TEXT_DIM = VISION_DIM = 32
 
@@ -249,17 +250,7 @@ def write_tiny_imagedream(root: Path, vae_factor: int = 4, latent: int = 16) -> 
             sample_size=64,
             scaling_factor=0.18215,
         ).save_pretrained(root / "vae")
-        DDIMScheduler(  # the real scheduler_config.json (reference §1)
-            num_train_timesteps=1000,
-            beta_schedule="scaled_linear",
-            beta_start=0.00085,
-            beta_end=0.012,
-            clip_sample=False,
-            set_alpha_to_one=False,
-            steps_offset=1,
-            prediction_type="epsilon",
-            timestep_spacing="leading",
-        ).save_pretrained(root / "scheduler")
+        DDIMScheduler(**RELEASE_SCHEDULER_CONFIG).save_pretrained(root / "scheduler")
         write_unet(root / "unet", tiny_unet_config(latent))
     (root / "model_index.json").write_text(
         json.dumps(

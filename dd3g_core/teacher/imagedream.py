@@ -43,12 +43,27 @@ from .sampler import make_scheduler
 from .unet import MultiViewUNet
 
 __all__ = [
+    "RELEASE_SCHEDULER_CONFIG",
     "ImageDreamTeacher",
     "IMAGEDREAM_REPO",
     "missing_imagedream_files",
     "resolve_imagedream_path",
     "check_imagedream_folder",
 ]
+
+# scheduler/scheduler_config.json of the ImageDream ipmv release: what the real folder holds, and
+# what the random-weight stand-ins of the tests and benchmarks/gpu_check.py build their scheduler from
+RELEASE_SCHEDULER_CONFIG = {
+    "num_train_timesteps": 1000,
+    "beta_schedule": "scaled_linear",
+    "beta_start": 0.00085,
+    "beta_end": 0.012,
+    "clip_sample": False,
+    "set_alpha_to_one": False,
+    "steps_offset": 1,
+    "prediction_type": "epsilon",
+    "timestep_spacing": "leading",
+}
 
 IMAGEDREAM_REPO = "ashawkey/imagedream-ipmv-diffusers"
 HOWTO = (
