@@ -25,9 +25,10 @@ import torch
 from PIL import Image
 
 from dd3g_core.cli import main
-from dd3g_core.distill.config import DistillConfig, apply_overrides, load_config
+from dd3g_core.distill.config import apply_overrides, load_config
 from dd3g_core.model import PEPD
 from dd3g_core.paths import TINY_STUDENT_DIR, TINY_TEACHER_DIR
+from dd3g_core.profiles import get_profile
 from dd3g_core.teacher import TinyTeacher
 from dd3g_core.weights import WeightsFileError, load_weights_file
 
@@ -293,7 +294,7 @@ def test_every_bad_set_names_the_field(item, message):
 def test_set_values_keep_their_meaning():
     cfg = load_config(preset="tiny", overrides=["out=123", "teacher=null", "lr=1", "implicit_guidance=null"])
     assert cfg.out == "123" and cfg.teacher is None and cfg.lr == 1.0 and isinstance(cfg.lr, float)
-    assert load_config(preset="tiny") == DistillConfig()
+    assert load_config(preset="tiny") == get_profile("tiny").distill  # a preset is its profile's settings, unchanged
 
 
 def test_bad_config_files_name_the_file(tmp_path):
