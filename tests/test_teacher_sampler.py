@@ -18,6 +18,7 @@ from dd3g_core.teacher import (
     draw_noise,
 )
 from dd3g_core.teacher import sampler as ddim
+from dd3g_core.teacher.imagedream import RELEASE_SCHEDULER_CONFIG
 
 B, V, F, R = 2, 4, 5, 32
 STEPS = 3
@@ -214,17 +215,7 @@ def test_predict_noise_converts_to_epsilon(prediction_type):
 
 
 def test_ddim_step_follows_the_equations():
-    sched_cfg = {
-        "num_train_timesteps": 1000,
-        "beta_schedule": "scaled_linear",
-        "beta_start": 0.00085,
-        "beta_end": 0.012,
-        "clip_sample": False,
-        "set_alpha_to_one": False,
-        "steps_offset": 1,
-        "prediction_type": "epsilon",
-        "timestep_spacing": "leading",
-    }
+    sched_cfg = dict(RELEASE_SCHEDULER_CONFIG)
     g = torch.Generator().manual_seed(0)
     n, e = torch.randn(1, F, 4, 8, 8, generator=g), torch.randn(1, F, 4, 8, 8, generator=g)
     x, traj, ts = ddim.ddim_sample(lambda x, t: e, sched_cfg, n, 2, record_steps=(1,))
