@@ -361,7 +361,16 @@ PROFILES: dict[str, Profile] = {
             keep_checkpoints=3,
         ),
         # 256 px teacher views: display at 2x (512 px); set evaluation.folder to score GSO-style renders
-        evaluation=EvaluationSettings(heldout_objects=32, draws=2, display_scale=2, fit_objects=4, fit_steps=500),
+        # the teacher's own views sampled as the trajectory cache samples them (ImageDream's default is 30 steps)
+        evaluation=EvaluationSettings(
+            heldout_objects=32,
+            draws=2,
+            display_scale=2,
+            fit_objects=4,
+            fit_steps=500,
+            teacher_steps=50,
+            teacher_guidance=5.0,
+        ),
     ),
 }
 

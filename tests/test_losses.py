@@ -49,6 +49,34 @@ def test_explicit_supervision_terms():
         explicit_supervision_loss(render[:, :, :4], alpha, oi)
 
 
+def test_view_weights_scale_each_views_explicit_terms():
+    """sum_v w_v L_v / V: all ones is the plain mean; the seen view's weight scales only its own error."""
+    g = torch.Generator().manual_seed(1)
+    oi = torch.rand(2, 4, 3, 8, 8, generator=g)
+    render = torch.rand(2, 4, 8, 8, 3, generator=g)
+    alpha = torch.rand(2, 4, 8, 8, 1, generator=g)
+    target_alpha = torch.rand(2, 4, 1, 8, 8, generator=g)
+    plain = explicit_supervision_loss(render, alpha, oi, target_alpha, alpha_weight=1.0)
+    ones = explicit_supervision_loss(render, alpha, oi, target_alpha, alpha_weight=1.0, view_weights=torch.ones(4))
+    assert torch.allclose(plain["total"], ones["total"])
+    w = torch.tensor([4.0, 1.0, 1.0, 1.0])
+    seen = explicit_supervision_loss(render, alpha, oi, target_alpha, alpha_weight=1.0, view_weights=w)
+    per_view = (render.permute(0, 1, 4, 2, 3) - oi).square().mean(dim=(0, 2, 3, 4))
+    assert torch.isclose(seen["rgb"], (per_view * w).mean())
+    assert torch.isclose(seen["rgb"] - plain["rgb"], 3 * per_view[0] / 4)
+    with pytest.raises(ValueError, match="view_weights"):
+        explicit_supervision_loss(render, alpha, oi, view_weights=torch.ones(3))
+
+
+def test_seen_view_weight_at_its_default_leaves_every_config_unchanged():
+    from dd3g_core.distill.config import DistillConfig
+
+    assert "seen_view_weight" not in DistillConfig().to_dict()
+    assert DistillConfig(seen_view_weight=4.0).to_dict()["seen_view_weight"] == 4.0
+    with pytest.raises(ValueError, match="seen_view_weight"):
+        DistillConfig(seen_view_weight=-1.0)
+
+
 def test_alpha_from_white_background():
     v = torch.ones(1, 1, 3, 2, 2)
     v[..., 0, 0] = torch.tensor([0.0, 1.0, 1.0])  # far from white: opaque

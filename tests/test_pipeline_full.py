@@ -63,7 +63,8 @@ SMALL_FULL = {
             "gaussian_grid": 2,
         },
     },
-    "evaluation": {"grid_objects": 2},  # + "folder" and "clip_weights": the stand-in GSO-style folder and CLIP
+    # + "folder" and "clip_weights": the stand-in GSO-style folder and CLIP; the teacher sampled as its cache
+    "evaluation": {"grid_objects": 2, "teacher_steps": 2},
 }
 
 

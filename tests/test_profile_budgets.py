@@ -53,3 +53,10 @@ def test_each_profile_scores_the_teacher_as_its_cache_samples_it():
         cache = (t.steps or 25, 1.0 if t.guidance is None else t.guidance)
         scored = (e.teacher_steps or 25, 1.0 if e.teacher_guidance is None else e.teacher_guidance)
         assert cache == scored, spec
+
+
+def test_the_full_profile_scores_imagedream_as_its_cache_samples_it():
+    """ImageDream's own default is 30 steps; the full cache samples 50: the evaluation must say so."""
+    p = get_profile("full")
+    e, t = p.evaluation, p.trajectories
+    assert (e.teacher_steps, e.teacher_guidance) == (t.steps, t.guidance)

@@ -59,6 +59,7 @@ class DistillConfig:
     solid_weight: float = 0.3  # renders at random cameras all round: mean alpha(1 - alpha) per pixel
     solid_elevation_range: tuple[float, float] = (-10.0, 30.0)  # degrees of those cameras (any azimuth)
     opacity_weight: float = 0.0  # mean alpha(1 - alpha) over the Gaussians' opacities (opacity_decision_loss)
+    seen_view_weight: float = 1.0  # the input's view's weight in the explicit terms (the others: 1)
     perceptual_weights: str | None = None  # local VGG16 safetensors (dd3g_core.distill.perceptual); None = no term
     perceptual_weight: float = 0.0
     implicit_weight: float = 0.05  # lambda_imp
@@ -130,6 +131,8 @@ class DistillConfig:
             )
         if not 0 <= self.random_background <= 1:
             raise ValueError(f"DistillConfig.random_background must be in [0, 1], got {self.random_background}")
+        if self.seen_view_weight < 0:
+            raise ValueError(f"DistillConfig.seen_view_weight must be >= 0, got {self.seen_view_weight}")
         if self.lr <= 0:
             raise ValueError(f"DistillConfig.lr must be > 0, got {self.lr}")
         if not 0 <= self.ema_decay < 1:
@@ -171,7 +174,7 @@ class DistillConfig:
 
 # Fields left out of to_dict() while they hold these values, so every config, version and exported student
 # made before the field existed stays byte-identical.
-_OMITTED_AT_DEFAULT = {"gradient_checkpointing": False, "freeze_phase1_blocks": 0}
+_OMITTED_AT_DEFAULT = {"gradient_checkpointing": False, "freeze_phase1_blocks": 0, "seen_view_weight": 1.0}
 
 
 def preset_config(name: str) -> DistillConfig:

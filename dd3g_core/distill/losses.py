@@ -160,21 +160,32 @@ def explicit_supervision_loss(
     alpha_weight: float = 0.1,
     perceptual: Callable[[Tensor, Tensor], Tensor] | None = None,  # (x, y) [N, 3, H, W] in [0, 1] -> scalar
     perceptual_weight: float = 0.0,
+    view_weights: Tensor | None = None,  # [V] weight of each view in the RGB and alpha terms (None: all 1)
 ) -> dict[str, Tensor]:
     """Explicit supervision: the Gaussians rendered at the teacher's cameras C must reproduce OI.
 
         L_exp = ||R_rgb(G, C) - OI||^2 + lambda_a ||R_a(G, C) - A(OI)||^2 + lambda_p LPIPS(R_rgb, OI)
 
-    (means over pixels). Returns ``{"rgb", "alpha", "perceptual", "total"}`` (unused terms are 0).
+    (means over pixels; with ``view_weights`` w, the mean over views is ``sum_v w_v L_v / V``).
+    Returns ``{"rgb", "alpha", "perceptual", "total"}`` (unused terms are 0).
     """
     pred = render_rgb.permute(0, 1, 4, 2, 3)  # -> [B, V, 3, H, W]
     if pred.shape != target_rgb.shape:
         raise ValueError(f"render {list(pred.shape)} and OI {list(target_rgb.shape)} differ (render at OI's size)")
-    terms = {"rgb": F.mse_loss(pred, target_rgb.to(pred))}
+    if view_weights is not None and tuple(view_weights.shape) != (pred.shape[1],):
+        raise ValueError(f"view_weights must be [V={pred.shape[1]}], got {list(view_weights.shape)}")
+
+    def mse(x: Tensor, y: Tensor) -> Tensor:
+        if view_weights is None:
+            return F.mse_loss(x, y)
+        per_view = (x - y).square().mean(dim=(0, 2, 3, 4))  # [V]
+        return (per_view * view_weights.to(per_view)).mean()
+
+    terms = {"rgb": mse(pred, target_rgb.to(pred))}
     zero = pred.new_zeros(())
     terms["alpha"] = zero
     if target_alpha is not None and alpha_weight > 0:
-        terms["alpha"] = F.mse_loss(render_alpha.permute(0, 1, 4, 2, 3), target_alpha.to(pred))
+        terms["alpha"] = mse(render_alpha.permute(0, 1, 4, 2, 3), target_alpha.to(pred))
     terms["perceptual"] = zero
     if perceptual is not None and perceptual_weight > 0:
         terms["perceptual"] = perceptual(pred.flatten(0, 1), target_rgb.to(pred).flatten(0, 1))

@@ -116,11 +116,15 @@ def compute_losses(
         backgrounds = torch.where(pick, colours, backgrounds.cpu()).to(bg.device)
         target = recomposite(b["views"], alpha_t, tuple(teacher.background), backgrounds)
     on_background = r.rgb + (1 - r.alpha) * backgrounds[:, :, None, None, :]
+    pcfg = getattr(model, "module", model).config
+    view_weights = None
+    if cfg.seen_view_weight != 1.0 and 0 <= pcfg.input_view < nv:  # the input's own view: a sharper copy of II
+        view_weights = torch.ones(nv, device=bg.device)
+        view_weights[pcfg.input_view] = cfg.seen_view_weight
     terms = explicit_supervision_loss(
-        on_background, r.alpha, target, alpha_t, cfg.alpha_weight, perceptual, cfg.perceptual_weight
+        on_background, r.alpha, target, alpha_t, cfg.alpha_weight, perceptual, cfg.perceptual_weight, view_weights
     )
     losses = {"exp_" + k: v for k, v in terms.items()}
-    pcfg = getattr(model, "module", model).config
     losses.update(gaussian_health(g.opacity_logits, g.log_scales, pcfg.min_scale, pcfg.max_scale))
     ramp = ramp_weight(step, *cfg.implicit_ramp)
     total = terms["total"]
