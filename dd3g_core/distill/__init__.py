@@ -2,6 +2,7 @@
 
 * :mod:`.config` — ``DistillConfig``, every option of a run (presets per profile in ``dd3g_core.profiles``);
 * :mod:`.train` — the Accelerate trainer (``python -m dd3g_core.distill.train``), read top to bottom;
+* :mod:`.objective` — ``compute_losses``, the joint loss of one micro-batch (explicit + ramped implicit);
 * :mod:`.losses` — explicit supervision and implicit (SDS) verification;
 * :mod:`.perceptual` — the VGG16 perceptual term (local weights only);
 * :mod:`.checkpoint` — resumable checkpoints (Accelerate state + EMA + trainer record).

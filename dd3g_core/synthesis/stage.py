@@ -1,7 +1,8 @@
 """The ``rgba_images`` stage: seeds -> generator -> matting -> filters -> recentre -> shards.
 
 (The ``folder`` generator, the user's own images, takes the same filters, recentring, shard writer and
-cache rules with its own listing, shard assignment and cache key: :mod:`.folder`.)
+cache rules with its own listing, shard assignment and cache key: :mod:`.folder`. The generator, matting
+and prompts a config names are built lazily by :class:`~.backends.SynthesisBackends`: :mod:`.backends`.)
 
 One **partition** = one shard index ``k``: ``synthesize_shard`` writes
 ``<data_root>/rgba_images/<version>/shard-{k:05d}/`` (a :func:`~dd3g_core.shards.write_shards`
@@ -41,90 +42,15 @@ import numpy as np
 from ..progress import Progress
 from ..shards import ShardSetSummary, ShardValidationError, iter_samples, read_manifest, validate_shards, write_shards
 from ..shards.rules import RejectShareError, check_reject_share, sample_key_problem
+from .backends import ExactMatting, SynthesisBackends, alpha_iou
 from .config import CODE_VERSION, STAGE, RGBASynthesisConfig, shard_dir, stage_dir, stage_version
-from .generators import GeneratedImage, ProceduralGenerator, SDXLGenerator
-from .matting import ColorKeyMatting, MattingResult, RembgMatting
+from .generators import GeneratedImage
+from .matting import MattingResult
 from .postprocess import filter_and_recentre
-from .prompts import load_prompts, prompt_for_seed
+from .prompts import prompt_for_seed
 
 log = logging.getLogger(__name__)
 _logger = log  # for functions whose `log` parameter names where progress lines go
-
-# ------------------------------------------------------------------ rules every shard stage follows
-
-
-class SynthesisBackends:
-    """Generator, matting and prompts of a config, built on first use (a cache hit loads nothing;
-    :func:`synthesize_rgba` shares one instance across shards so SDXL loads once)."""
-
-    def __init__(self, config: RGBASynthesisConfig, generator=None, matting=None):
-        self.config = config.resolved()
-        self._generator, self._matting, self._prompts = generator, matting, None
-
-    @property
-    def generator(self):
-        if self._generator is None:
-            c = self.config
-            if c.generator == "folder":
-                from .folder import FolderSource
-
-                self._generator = FolderSource(c.folder)
-            elif c.generator == "procedural":
-                self._generator = ProceduralGenerator(
-                    c.render_resolution, c.num_gaussians, c.azimuth_deg, c.elevation_deg, c.split
-                )
-            else:
-                self._generator = SDXLGenerator(
-                    c.sdxl_path,
-                    c.sdxl_steps,
-                    c.sdxl_guidance,
-                    c.sdxl_size,
-                    c.prompt_template,
-                    c.negative_prompt,
-                    variant=c.sdxl_variant,
-                )
-        return self._generator
-
-    @property
-    def matting(self):
-        if self._matting is None:
-            c = self.config
-            if c.matting == "colorkey":
-                self._matting = ColorKeyMatting(c.colorkey_low, c.colorkey_high, despill=c.despill)
-            elif c.matting == "rembg":
-                self._matting = RembgMatting(c.rembg_model_path, despill=c.despill)
-            else:
-                self._matting = ExactMatting()
-        return self._matting
-
-    @property
-    def prompts(self) -> list[str] | None:
-        if self.config.generator != "sdxl":
-            return None
-        if self._prompts is None:
-            self._prompts = load_prompts(self.config.prompts_file)  # EmptyPromptListError if empty
-        return self._prompts
-
-
-class ExactMatting:
-    """Reference matting for the procedural generator: its true render (no estimation)."""
-
-    name = "exact"
-
-    def describe(self) -> dict:
-        return {"name": self.name}
-
-    def matte_generated(self, image: GeneratedImage) -> MattingResult:
-        if image.true_rgba is None:
-            raise ValueError("exact matting needs a generator with a true alpha (procedural)")
-        return MattingResult(image.true_rgba.copy(), {"background_plain": True})
-
-
-def alpha_iou(alpha_a: np.ndarray, alpha_b: np.ndarray, threshold: float = 127.5) -> float:
-    """IoU of two uint8 alphas thresholded at 0.5."""
-    a, b = np.asarray(alpha_a) > threshold, np.asarray(alpha_b) > threshold
-    union = int((a | b).sum())
-    return 1.0 if union == 0 else float((a & b).sum()) / union
 
 
 def _matte(backends: SynthesisBackends, image: GeneratedImage) -> MattingResult:
