@@ -243,3 +243,31 @@ def test_the_seen_view_starts_from_the_input_pixels(teacher):
     assert (white > 0.9).all()
     with pytest.raises(ValueError, match="input_view"):
         PEPDConfig(input_view=4)
+
+
+def test_seen_refine_starts_as_the_model_without_it_and_reaches_only_the_seen_view(teacher):
+    """``seen_refine``: a small CNN on II's cells adds residual logits to the seen view alone. Its last layer
+    starts at zero, so the untrained output is the plain model's; off (0), it is not in the config dict."""
+    assert "seen_refine" not in PEPDConfig.preset("tiny").to_dict()
+    cfg = PEPDConfig.preset("tiny").replace(seen_refine=8)
+    assert PEPDConfig.from_dict(cfg.to_dict()) == cfg
+    torch.manual_seed(0)
+    plain = PEPD("tiny").eval()
+    refined = PEPD(cfg).eval()
+    missing = refined.load_state_dict(plain.state_dict(), strict=False).missing_keys
+    assert missing and all(k.startswith("seen_refine.") for k in missing)
+    x = inputs(teacher, b=1)
+    with torch.no_grad():
+        a, b = plain(**x).gaussians, refined(**x).gaussians
+        assert torch.equal(a.sh, b.sh) and torch.equal(a.opacity_logits, b.opacity_logits)
+        torch.nn.init.normal_(refined.seen_refine[-1].weight, std=0.5)  # as if trained
+        c = refined(**x).gaussians
+    n = cfg.grid_resolution**2
+    v = cfg.input_view
+    changed = (c.sh - a.sh).abs().flatten(2).amax(-1) + (c.opacity_logits - a.opacity_logits).abs()  # [1, V*n]
+    changed = changed + (c.log_scales - a.log_scales).abs().amax(-1)
+    assert changed[0, v * n : (v + 1) * n].min() > 0  # every cell of the seen view
+    assert torch.equal(torch.cat([changed[0, : v * n], changed[0, (v + 1) * n :]]), torch.zeros(3 * n))
+    assert torch.equal(c.means, a.means) and torch.equal(c.quats, a.quats)  # geometry is the tokens'
+    with pytest.raises(ValueError, match="seen_refine"):
+        PEPDConfig(seen_refine=8, input_view=-1)

@@ -196,6 +196,10 @@ class PEPDConfig:
     footprint_filter: float = 0.0
     # --- the seen view (a direct path from II to the view the input was taken from) ---
     input_view: int = -1  # index of the generated view whose camera is II's (-1: none, no skip)
+    # hidden channels of a small CNN that reads II on that view's Gaussian grid and adds per-cell residuals to
+    # its opacity, colour and scale logits (0: off, and left out of to_dict so older configs stay identical):
+    # the tokens see II in 8 px patches, too coarse to place edges or undo the splats' blur cell by cell
+    seen_refine: int = 0
     # that view's Gaussians start from II's pixels: colour logit + logit(II rgb), opacity logit from
     # II's alpha (the heads predict residuals), so the seen view is reproduced sharply from the start
 
@@ -235,6 +239,8 @@ class PEPDConfig:
             raise ValueError("need 0 < init_opacity < 1 and 0 < depth_extent < radius")
         if self.footprint_filter < 0:
             raise ValueError(f"footprint_filter must be >= 0, got {self.footprint_filter}")
+        if self.seen_refine < 0 or (self.seen_refine and self.input_view < 0):
+            raise ValueError(f"seen_refine must be 0 or > 0 with an input_view, got {self.seen_refine}")
         if not -1 <= self.input_view < self.num_views:
             raise ValueError(
                 f"input_view must be -1 (none) or a view index in [0, {self.num_views}), got {self.input_view}"
@@ -292,6 +298,8 @@ class PEPDConfig:
     def to_dict(self) -> dict[str, Any]:
         d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         d["unet"] = self.unet.to_dict()
+        if not d["seen_refine"]:  # off: the dict (and every version, every saved student) as before the option
+            del d["seen_refine"]
         return {"format": FORMAT, "format_version": FORMAT_VERSION, **d}
 
     @classmethod

@@ -87,6 +87,17 @@ class PEPD(nn.Module):
             self.image_source = nn.Parameter(torch.randn(1, 1, c.width) * 0.02)
             self.blocks = nn.ModuleList(TransformerBlock(c.width, c.heads, c.mlp_ratio) for _ in range(c.depth))
             self.heads = GaussianHeads(c)
+            if c.seen_refine:  # II's cells -> residual (opacity, rgb, scale xyz) logits of the seen view
+                h = c.seen_refine
+                self.seen_refine = nn.Sequential(
+                    nn.Conv2d(4, h, 3, padding=1),
+                    nn.GELU(),
+                    nn.Conv2d(h, h, 3, padding=1),
+                    nn.GELU(),
+                    nn.Conv2d(h, 7, 1),
+                )
+                nn.init.zeros_(self.seen_refine[-1].weight)  # starts as the model without it
+                nn.init.zeros_(self.seen_refine[-1].bias)
 
     # ------------------------------------------------------------------ forward
     def forward(
@@ -163,6 +174,14 @@ class PEPD(nn.Module):
         seen = None
         if c.input_view >= 0:  # II on the seen view's Gaussian grid (one Gaussian per grid cell)
             seen = _resize_straight(self._straight_rgba(image).to(dev), c.grid_resolution).permute(0, 2, 3, 1)
+            if c.seen_refine:
+                refine = self.seen_refine(seen.permute(0, 3, 1, 2).to(dt)).permute(0, 2, 3, 1)  # [B, G, G, 7]
+                one_hot = torch.zeros(c.num_views, device=dev, dtype=dt)
+                one_hot[c.input_view] = 1.0
+                one_hot = one_hot.reshape(1, -1, 1, 1, 1)  # the residuals reach the seen view only
+                raw["appearance"] = raw["appearance"] + one_hot * refine[:, None, ..., :4]
+                scale_pad = refine.new_zeros(*refine.shape[:-1], 4)  # the quaternion gets no residual
+                raw["shape"] = raw["shape"] + one_hot * torch.cat([refine[..., 4:7], scale_pad], -1)[:, None]
         cell_angle = (image_size / c.grid_resolution) / Ks[..., 0, 0].to(dev, torch.float32)  # [B, V] radians
         fields = self.heads.activate(
             raw["mu"].float(), raw["shape"].float(), raw["appearance"].float(), origins, dirs, seen, cell_angle
