@@ -129,6 +129,10 @@ def test_concurrent_promotions_never_corrupt_the_pointer(tmp_path):
     jobs = [(root, models[i % 4], 17.0 + (i % 4) * 0.5 - (i // 4) * 1.0, i) for i in range(8)]
     with multiprocessing.get_context("spawn").Pool(8) as pool:
         results = pool.map(_promote_one, jobs)
+        # let the workers exit on their own before the with-block's terminate(): terminate() racing a
+        # worker still starting up (spawn, 8 imports of torch on 2 cores) once left a worker waiting forever
+        pool.close()
+        pool.join()
     pointer = read_accepted(root)  # verifies the copy's bytes
     history = read_history(root)
     assert len(history) <= 8 and {h["decision"] for h in history} <= {"accepted", "refused"}
