@@ -338,13 +338,15 @@ def test_a_warm_start_loads_every_weight_and_refuses_another_architecture():
     import torch
 
     from dd3g_core.distill import DistillConfig
+    from dd3g_core.distill.config import preset_config
     from dd3g_core.distill.train import build_student
     from dd3g_core.model import PEPD
     from dd3g_core.model.pepd import ConfigMismatchError
     from dd3g_core.teacher import load_teacher
 
     teacher = load_teacher(None)
-    warm = build_student(DistillConfig(init_from=str(SHIPPED)), teacher)
+    recipe = preset_config("tiny")  # the shipped student's architecture is the tiny profile's (seen_refine)
+    warm = build_student(recipe.replace(init_from=str(SHIPPED)), teacher)
     shipped = PEPD.from_pretrained(SHIPPED)
     assert warm.training  # ready to train
     for (name, a), (_, b) in zip(warm.state_dict().items(), shipped.state_dict().items()):
@@ -352,4 +354,6 @@ def test_a_warm_start_loads_every_weight_and_refuses_another_architecture():
     assert DistillConfig().identity() == {k: v for k, v in DistillConfig().identity().items() if k != "init_from"}
     assert "init_from" in DistillConfig(init_from=str(SHIPPED)).identity()  # a warm start is another run
     with pytest.raises(ConfigMismatchError, match="differing keys"):
-        build_student(DistillConfig(init_from=str(SHIPPED), model_overrides={"gaussian_grid": 2}), teacher)
+        build_student(recipe.replace(init_from=str(SHIPPED), model_overrides={"gaussian_grid": 2}), teacher)
+    with pytest.raises(ConfigMismatchError, match="seen_refine"):  # the class defaults: no refinement CNN
+        build_student(DistillConfig(init_from=str(SHIPPED)), teacher)
