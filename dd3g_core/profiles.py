@@ -113,9 +113,15 @@ PROFILES: dict[str, Profile] = {
         teacher=TeacherSettings(kind="tiny", path=str(TINY_TEACHER_DIR), recipe="shipped"),
         # the solid-student recipe at a laptop's budget: 800 steps x batch 8 at 3x the learning rate, as good as
         # the shipped student (the same recipe at 1500 steps on 4 draws: assets/profiles/tiny-long.json)
-        # seen_refine: a CNN on II's cells for the seen view (docs/experiments/solid_student.md, session 17)
+        # seen_refine: a CNN on II's cells for the seen view (docs/experiments/solid_student.md, session 17);
+        # alpha_unmix_rings: the silhouette's coverage unmixed from the background, no light rim (session 18)
         distill=DistillConfig(
-            steps=800, lr=1.2e-3, warmup_steps=30, implicit_ramp=(160, 480), model_overrides={"seen_refine": 32}
+            steps=800,
+            lr=1.2e-3,
+            warmup_steps=30,
+            implicit_ramp=(160, 480),
+            model_overrides={"seen_refine": 32},
+            alpha_unmix_rings=2,
         ),
         # 64 held-out objects x 2 draws, 16 azimuths x 2 elevations at 32 and 128 px, fit ceiling on 8
         # (docs/evaluation.md); the teacher's views sampled as the trajectory cache samples them

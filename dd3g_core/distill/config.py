@@ -54,6 +54,7 @@ class DistillConfig:
     alpha_softness: float = 0.08
     alpha_floor: float = 0.03  # dead zone of the matte for the teacher's background noise (alpha_from_background)
     alpha_connected: bool = False  # only border-connected background-coloured pixels are background (the matte)
+    alpha_unmix_rings: int = 0  # > 0: edge pixels' coverage by unmixing the interior colour (distill.matte)
     random_background: float = 0.5  # share of views supervised on a random colour instead of the teacher's
     surface_weight: float = 0.5  # each view's Gaussians on its visible surface (surface_consistency_loss)
     solid_weight: float = 0.3  # renders at random cameras all round: mean alpha(1 - alpha) per pixel
@@ -137,7 +138,8 @@ class DistillConfig:
             raise ValueError(f"DistillConfig.lr must be > 0, got {self.lr}")
         if not 0 <= self.ema_decay < 1:
             raise ValueError(f"DistillConfig.ema_decay must be in [0, 1), got {self.ema_decay}")
-        for name in ("warmup_steps", "num_workers", "shuffle_buffer", "torch_threads", "freeze_phase1_blocks"):
+        names = ("warmup_steps", "num_workers", "shuffle_buffer", "torch_threads", "freeze_phase1_blocks")
+        for name in (*names, "alpha_unmix_rings"):
             if getattr(self, name) < 0:
                 raise ValueError(f"DistillConfig.{name} must be >= 0, got {getattr(self, name)}")
 
@@ -174,7 +176,12 @@ class DistillConfig:
 
 # Fields left out of to_dict() while they hold these values, so every config, version and exported student
 # made before the field existed stays byte-identical.
-_OMITTED_AT_DEFAULT = {"gradient_checkpointing": False, "freeze_phase1_blocks": 0, "seen_view_weight": 1.0}
+_OMITTED_AT_DEFAULT = {
+    "gradient_checkpointing": False,
+    "freeze_phase1_blocks": 0,
+    "seen_view_weight": 1.0,
+    "alpha_unmix_rings": 0,
+}
 
 
 def preset_config(name: str) -> DistillConfig:

@@ -9,6 +9,7 @@ ramped implicit (SDS) verification at a rotated camera. Its own module (the loss
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 import torch
@@ -26,6 +27,7 @@ from .losses import (
     sample_timesteps,
     surface_consistency_loss,
 )
+from .matte import unmixed_alpha
 
 __all__ = ["compute_losses"]
 
@@ -49,8 +51,11 @@ def compute_losses(
     g = out.gaussians
     with torch.autocast(device_type=b["noise"].device.type, enabled=False):  # rasterize in fp32
         r = render(g, b["viewmats"], b["Ks"], res, res, background=None, backend=cfg.render_backend)  # premultiplied
-    alpha_t = alpha_from_background(
-        b["views"], tuple(teacher.background), cfg.alpha_softness, cfg.alpha_floor, cfg.alpha_connected
+    matte = (  # the colour key, or its edges unmixed (a light rim otherwise: distill.matte)
+        partial(unmixed_alpha, rings=cfg.alpha_unmix_rings) if cfg.alpha_unmix_rings else alpha_from_background
+    )
+    alpha_t = matte(
+        b["views"], tuple(teacher.background), cfg.alpha_softness, cfg.alpha_floor, connected=cfg.alpha_connected
     )
     bsz, nv = b["views"].shape[:2]
     backgrounds = bg.expand(bsz, nv, 3)

@@ -4,8 +4,9 @@ What a 3D-consistent reproduction of the teacher's OI reaches with the student's
 same number of Gaussians, rendered by the same renderer at the same cameras C, optimised with Adam
 for each object separately on the student's explicit objective: the RGB error against OI, half of the
 views moved onto random background colours, plus the alpha error against OI's matte (with the
-student's dead zone for the teacher's background noise). On the teacher's background alone, faint
-white Gaussians would cost nothing and the ceiling would be fog. A student
+student's dead zone for the teacher's background noise, and its silhouette unmixed from the background:
+:mod:`dd3g_core.distill.matte`; ``alpha_unmix_rings=0`` is the plain colour key). On the teacher's
+background alone, faint white Gaussians would cost nothing and the ceiling would be fog. A student
 cannot beat it at C by being 3D-consistent; its novel views against ground truth say what the
 teacher's four views allow a reconstruction to recover.
 
@@ -45,11 +46,13 @@ def fit_gaussians(
     alpha_softness: float = 0.08,
     alpha_weight: float = 1.0,
     random_background: float = 0.5,
+    alpha_unmix_rings: int = 2,
     log: Callable[[str], None] | None = None,
 ) -> tuple[Gaussians, list[float]]:  # (batched Gaussians [B, N], RGB MSE on the teacher's background per step)
     """``log``: where progress lines go (steps done / total, s/step, ETA and the last RGB MSE, every
     ``$DD3G_PROGRESS_SECONDS``); ``None``: none."""
     from ..distill.losses import alpha_from_background, recomposite
+    from ..distill.matte import unmixed_alpha
     from ..render import render
 
     b, v, _, r, _ = targets.shape
@@ -68,7 +71,10 @@ def fit_gaussians(
     opt = torch.optim.Adam([{"params": [p], "lr": LEARNING_RATES[k]} for k, p in params.items()])
     bg = torch.tensor(background, dtype=torch.float32, device=dev)
     vm, ks = viewmats.to(dev).expand(b, -1, -1, -1), Ks.to(dev).expand(b, -1, -1, -1)
-    matte = alpha_from_background(targets, tuple(background), alpha_softness, alpha_floor)  # [B, V, 1, R, R]
+    if alpha_unmix_rings:  # [B, V, 1, R, R]
+        matte = unmixed_alpha(targets, tuple(background), alpha_softness, alpha_floor, rings=alpha_unmix_rings)
+    else:
+        matte = alpha_from_background(targets, tuple(background), alpha_softness, alpha_floor)
     losses: list[float] = []
     progress = Progress(f"fit ceiling ({b} objects)", steps, log, unit="steps") if log is not None else None
     for step in range(steps):

@@ -40,9 +40,8 @@ __all__ = [
     "REFERENCES_FORMAT",
 ]
 
-REFERENCES_FORMAT = (
-    "dd3g-eval-references-2"  # 2: the fit ceiling on the student's objective (matte, random backgrounds)
-)
+# 2: the fit ceiling on the student's objective (matte, random backgrounds); 3: its matte's edges unmixed
+REFERENCES_FORMAT = "dd3g-eval-references-3"
 TENSORS = "references.safetensors"
 META = "references.json"
 GAUSSIAN_FIELDS = ("means", "quats", "log_scales", "opacity_logits", "sh")
