@@ -208,6 +208,8 @@ PROFILES: dict[str, Profile] = {
             checkpoint_every=1000,
             log_every=50,
             keep_checkpoints=3,
+            # the silhouette's coverage unmixed from ImageDream's white, as the fit ceiling's (distill.matte)
+            alpha_unmix_rings=2,
         ),
         # 256 px teacher views: display at 2x (512 px); set evaluation.folder to score GSO-style renders
         # the teacher's own views sampled as the trajectory cache samples them (ImageDream's default is 30 steps)
