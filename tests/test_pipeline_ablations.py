@@ -60,13 +60,13 @@ def test_pepd_student_versions_are_pinned():
     """The version formula is pinned, so a refactor cannot silently turn on-disk pepd_student runs into
     misses (or, worse, hits of another recipe). Issue #14's recipe changed the distill config, so its
     versions changed on purpose: 452596319e36590d -> ac6b4a075a4c48f4 (smoke), bc666a8d7b557547 ->
-    a9a0d048ef30d8e0 (full)."""
+    a9a0d048ef30d8e0 (full); the unmixed matte in the full profile (session 18): -> f868c1ad0cef2486."""
     teacher, traj = {"content_hash": "a" * 64}, Path("/data/teacher_trajectories/v123")
     smoke = get_profile("smoke").distill
     full = apply_overrides(get_profile("full").distill, ["steps=7", "lr=0.001"])
     assert CODE_VERSION == "2"
     assert student_version(student_version_inputs(CODE_VERSION, smoke, teacher, traj)) == "ac6b4a075a4c48f4"
-    assert student_version(student_version_inputs(CODE_VERSION, full, teacher, traj)) == "a9a0d048ef30d8e0"
+    assert student_version(student_version_inputs(CODE_VERSION, full, teacher, traj)) == "f868c1ad0cef2486"
     inputs = student_version_inputs(CODE_VERSION, full, teacher, traj)
     assert inputs == {
         "code": "2",
