@@ -5,7 +5,7 @@ import torch
 
 from dd3g_core.distill.config import DistillConfig
 from dd3g_core.distill.losses import alpha_from_background, recomposite
-from dd3g_core.distill.matte import unmixed_alpha
+from dd3g_core.distill.matte import teacher_matte, unmixed_alpha
 
 
 def _disc_on_white(colour, size=24, radius=7.3, supersample=8):
@@ -65,3 +65,11 @@ def test_the_unmixed_matte_is_an_option_absent_from_configs_at_its_default():
     assert DistillConfig(alpha_unmix_rings=2).to_dict()["alpha_unmix_rings"] == 2
     with pytest.raises(ValueError, match="alpha_unmix_rings"):
         DistillConfig(alpha_unmix_rings=-1)
+
+
+def test_the_objective_and_the_fit_ceiling_share_one_matte_switch():
+    oi, _ = _disc_on_white((0.2, 0.5, 0.3))
+    key, unmixed = alpha_from_background(oi, floor=0.03), unmixed_alpha(oi, floor=0.03, rings=2)
+    assert torch.equal(teacher_matte(oi, (1.0, 1.0, 1.0), 0.08, 0.03), key)
+    assert torch.equal(teacher_matte(oi, (1.0, 1.0, 1.0), 0.08, 0.03, unmix_rings=2), unmixed)
+    assert not torch.equal(key, unmixed)

@@ -138,8 +138,8 @@ class DistillConfig:
             raise ValueError(f"DistillConfig.lr must be > 0, got {self.lr}")
         if not 0 <= self.ema_decay < 1:
             raise ValueError(f"DistillConfig.ema_decay must be in [0, 1), got {self.ema_decay}")
-        names = ("warmup_steps", "num_workers", "shuffle_buffer", "torch_threads", "freeze_phase1_blocks")
-        for name in (*names, "alpha_unmix_rings"):
+        counts = ("warmup_steps", "num_workers", "shuffle_buffer", "torch_threads", "freeze_phase1_blocks")
+        for name in (*counts, "alpha_unmix_rings"):
             if getattr(self, name) < 0:
                 raise ValueError(f"DistillConfig.{name} must be >= 0, got {getattr(self, name)}")
 

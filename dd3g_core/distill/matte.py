@@ -32,7 +32,7 @@ from torch import Tensor
 
 from .losses import alpha_from_background
 
-__all__ = ["unmixed_alpha"]
+__all__ = ["unmixed_alpha", "teacher_matte"]
 
 
 def unmixed_alpha(
@@ -76,3 +76,18 @@ def unmixed_alpha(
     posed = (known > 0) & (towards.abs().amax(1, keepdim=True) >= softness)
     alpha = torch.where(posed & (k > 0), coverage, k)
     return alpha.reshape(key.shape).to(views.dtype)
+
+
+def teacher_matte(
+    views: Tensor,  # [B, V, 3, H, W] OI in [0, 1], composited on ``background``
+    background: tuple[float, float, float],
+    softness: float,
+    floor: float,
+    connected: bool = False,
+    unmix_rings: int = 0,
+) -> Tensor:  # [B, V, 1, H, W] in [0, 1]
+    """The alpha target of the teacher's views: the colour key, or (``unmix_rings`` > 0) its silhouette unmixed.
+    One place for the distillation objective and the fit ceiling, so the two always use the same matte."""
+    if unmix_rings:
+        return unmixed_alpha(views, background, softness, floor, rings=unmix_rings, connected=connected)
+    return alpha_from_background(views, background, softness, floor, connected)

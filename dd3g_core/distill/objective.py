@@ -9,7 +9,6 @@ ramped implicit (SDS) verification at a rotated camera. Its own module (the loss
 
 from __future__ import annotations
 
-from functools import partial
 from typing import Any
 
 import torch
@@ -18,7 +17,6 @@ from ..render import render
 from .config import DistillConfig
 from .health import gaussian_health
 from .losses import (
-    alpha_from_background,
     explicit_supervision_loss,
     implicit_verification_loss,
     opacity_decision_loss,
@@ -27,7 +25,7 @@ from .losses import (
     sample_timesteps,
     surface_consistency_loss,
 )
-from .matte import unmixed_alpha
+from .matte import teacher_matte
 
 __all__ = ["compute_losses"]
 
@@ -51,11 +49,13 @@ def compute_losses(
     g = out.gaussians
     with torch.autocast(device_type=b["noise"].device.type, enabled=False):  # rasterize in fp32
         r = render(g, b["viewmats"], b["Ks"], res, res, background=None, backend=cfg.render_backend)  # premultiplied
-    matte = (  # the colour key, or its edges unmixed (a light rim otherwise: distill.matte)
-        partial(unmixed_alpha, rings=cfg.alpha_unmix_rings) if cfg.alpha_unmix_rings else alpha_from_background
-    )
-    alpha_t = matte(
-        b["views"], tuple(teacher.background), cfg.alpha_softness, cfg.alpha_floor, connected=cfg.alpha_connected
+    alpha_t = teacher_matte(  # the colour key, or its edges unmixed (a light rim otherwise: distill.matte)
+        b["views"],
+        tuple(teacher.background),
+        cfg.alpha_softness,
+        cfg.alpha_floor,
+        cfg.alpha_connected,
+        cfg.alpha_unmix_rings,
     )
     bsz, nv = b["views"].shape[:2]
     backgrounds = bg.expand(bsz, nv, 3)

@@ -51,8 +51,8 @@ def fit_gaussians(
 ) -> tuple[Gaussians, list[float]]:  # (batched Gaussians [B, N], RGB MSE on the teacher's background per step)
     """``log``: where progress lines go (steps done / total, s/step, ETA and the last RGB MSE, every
     ``$DD3G_PROGRESS_SECONDS``); ``None``: none."""
-    from ..distill.losses import alpha_from_background, recomposite
-    from ..distill.matte import unmixed_alpha
+    from ..distill.losses import recomposite
+    from ..distill.matte import teacher_matte
     from ..render import render
 
     b, v, _, r, _ = targets.shape
@@ -71,10 +71,7 @@ def fit_gaussians(
     opt = torch.optim.Adam([{"params": [p], "lr": LEARNING_RATES[k]} for k, p in params.items()])
     bg = torch.tensor(background, dtype=torch.float32, device=dev)
     vm, ks = viewmats.to(dev).expand(b, -1, -1, -1), Ks.to(dev).expand(b, -1, -1, -1)
-    if alpha_unmix_rings:  # [B, V, 1, R, R]
-        matte = unmixed_alpha(targets, tuple(background), alpha_softness, alpha_floor, rings=alpha_unmix_rings)
-    else:
-        matte = alpha_from_background(targets, tuple(background), alpha_softness, alpha_floor)
+    matte = teacher_matte(targets, tuple(background), alpha_softness, alpha_floor, unmix_rings=alpha_unmix_rings)
     losses: list[float] = []
     progress = Progress(f"fit ceiling ({b} objects)", steps, log, unit="steps") if log is not None else None
     for step in range(steps):
