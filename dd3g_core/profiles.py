@@ -114,7 +114,8 @@ PROFILES: dict[str, Profile] = {
         # the solid-student recipe at a laptop's budget: 800 steps x batch 8 at 3x the learning rate, as good as
         # the shipped student (the same recipe at 1500 steps on 4 draws: assets/profiles/tiny-long.json)
         # seen_refine: a CNN on II's cells for the seen view (docs/experiments/solid_student.md, session 17);
-        # alpha_unmix_rings: the silhouette's coverage unmixed from the background, no light rim (session 18)
+        # alpha_unmix_rings: the silhouette's coverage unmixed from the background, no light rim (session 18);
+        # seen_view_weight 2: the input's view reproduced at 28 dB once its edge targets agree (sessions 18-19)
         distill=DistillConfig(
             steps=800,
             lr=1.2e-3,
@@ -122,6 +123,7 @@ PROFILES: dict[str, Profile] = {
             implicit_ramp=(160, 480),
             model_overrides={"seen_refine": 32},
             alpha_unmix_rings=2,
+            seen_view_weight=2.0,
         ),
         # 64 held-out objects x 2 draws, 16 azimuths x 2 elevations at 32 and 128 px, fit ceiling on 8
         # (docs/evaluation.md); the teacher's views sampled as the trajectory cache samples them
