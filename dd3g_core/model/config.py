@@ -345,9 +345,11 @@ def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 PRESETS: dict[str, PEPDConfig] = {
     # CPU profile: the tiny teacher's U-Net truncated after its 4x4 level (3 decoder blocks, the
     # last one upsamples: 8x8 features, 64 ch) -> 4 views x 64 tokens x 16 pixel-aligned Gaussians
-    # = 4096 Gaussians (one per pixel at 32 px) + 16 II tokens (8 px patches). Sized so one
-    # forward costs < 1/50 of the teacher's 25-step DDIM (benchmarks/latency.py): phase 1 is
-    # ~1/3 of a full U-Net pass; truncating after 5 blocks (8x8 level) cost 30% more.
+    # = 4096 Gaussians (one per pixel at 32 px) + 16 II tokens (8 px patches). One forward costs
+    # ~1/40 of the teacher's 25-step DDIM at batch 1 and ~1/50 at batch 8 (benchmarks/latency.py):
+    # phase 1 is 0.43 of a full U-Net pass at batch 1, phase 2 0.19; truncating after 5 blocks
+    # (8x8 level) cost 30% more, after 2 (4x4 features, gaussian_grid 8) 15% less
+    # (docs/experiments/solid_student.md, "A lighter student").
     "tiny": PEPDConfig(input_view=0, footprint_filter=0.5),
     # GPU profile: ImageDream's U-Net on 32x32 latents truncated after 6 decoder blocks (16x16,
     # 1280 ch): 4 x 256 view tokens + 256 image tokens (16 px patches of 256 px II), width 768,
