@@ -112,7 +112,7 @@ PROFILES: dict[str, Profile] = {
         trajectories=TrajectoryCacheConfig(num_noise_draws=2, steps=10, record_steps=(2, 4, 6, 8), batch_size=8),
         teacher=TeacherSettings(kind="tiny", path=str(TINY_TEACHER_DIR), recipe="shipped"),
         # the solid-student recipe at a laptop's budget: 800 steps x batch 8 at 3x the learning rate, as good as
-        # the shipped student (the same recipe at 1500 steps on 4 draws: assets/profiles/tiny-long.json)
+        # the shipped student (the same recipe at 4500 steps on 4 draws: assets/profiles/tiny-long.json)
         # seen_refine: a CNN on II's cells for the seen view (docs/experiments/solid_student.md, session 17);
         # alpha_unmix_rings: the silhouette's coverage unmixed from the background, no light rim (session 18);
         # seen_view_weight 2: the input's view reproduced at 28 dB once its edge targets agree (sessions 18-19)
