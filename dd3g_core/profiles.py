@@ -115,13 +115,15 @@ PROFILES: dict[str, Profile] = {
         # the shipped student (the same recipe at 4500 steps on 4 draws: assets/profiles/tiny-long.json)
         # seen_refine: a CNN on II's cells for the seen view (docs/experiments/solid_student.md, session 17);
         # alpha_unmix_rings: the silhouette's coverage unmixed from the background, no light rim (session 18);
-        # seen_view_weight 2: the input's view reproduced at 28 dB once its edge targets agree (sessions 18-19)
+        # seen_view_weight 2: the input's view reproduced at 28 dB once its edge targets agree (sessions 18-19);
+        # phase1_output_blocks 0 + gaussian_grid 8: phase 1 read after its middle block (4x4), 8x8 Gaussians per
+        # token (the same 4096), phase 2 over 80 tokens instead of 272: the latency bar's architecture (session 20)
         distill=DistillConfig(
             steps=800,
             lr=1.2e-3,
             warmup_steps=30,
             implicit_ramp=(160, 480),
-            model_overrides={"seen_refine": 32},
+            model_overrides={"seen_refine": 32, "phase1_output_blocks": 0, "gaussian_grid": 8},
             alpha_unmix_rings=2,
             seen_view_weight=2.0,
         ),

@@ -177,6 +177,40 @@ def test_unet_forward_features_match_forward(teacher):
         u.forward_features(x, t, num_output_blocks=13, **kw)
 
 
+def test_phase1_read_after_the_middle_block(teacher):
+    """``phase1_output_blocks=0`` (the tiny profile's student): phase 1 keeps no decoder block and its
+    features are the teacher U-Net's middle-block output (4x4, 64 channels), one token per 8x8 Gaussians."""
+    cfg = PEPDConfig.preset("tiny").replace(phase1_output_blocks=0, gaussian_grid=8)
+    assert (cfg.feature_resolution, cfg.feature_channels, cfg.grid_resolution, cfg.num_gaussians) == (4, 64, 32, 4096)
+    torch.manual_seed(0)
+    m = PEPD(cfg)
+    m.init_from_teacher(teacher.unet)
+    assert len(m.phase1.output_blocks) == 0
+    x = inputs(teacher)
+    feats = []
+    hook = m.feature_proj.register_forward_pre_hook(lambda mod, args: feats.append(args[0]))
+    with torch.no_grad():
+        out = m(**x).gaussians
+        b, f = x["noise"].shape[:2]
+        cond = x["condition"]
+        want = teacher.unet.forward_features(
+            x["noise"].reshape(b * f, *x["noise"].shape[2:]),
+            torch.full((b * f,), float(cfg.phase1_timestep)),
+            context=cond.context.repeat_interleave(f, 0),
+            camera=x["camera_embedding"].repeat(b, 1),
+            num_frames=f,
+            ip=cond.ip.repeat_interleave(f, 0),
+            ip_img=cond.ip_img,
+            num_output_blocks=0,
+        )  # [B*F, 64, 4, 4]
+    hook.remove()
+    want = want.reshape(b, f, 64, 16)[:, : cfg.num_views].transpose(-1, -2)  # [B, V, 16 tokens, 64]
+    assert torch.allclose(feats[0], want, atol=1e-5)
+    assert out.means.shape == (2, 4096, 3) and torch.isfinite(out.means).all()
+    with pytest.raises(ValueError, match=r"phase1_output_blocks must be in \[0, 12\], got -1"):
+        cfg.replace(phase1_output_blocks=-1)
+
+
 def test_phase1_follows_the_teacher_options_s2d_latents_and_image_concat():
     """A teacher on space-to-depth latents with the image concatenated to every view: the student
     takes its U-Net config, N of its latent shape, and still emits one Gaussian per 32 px pixel."""

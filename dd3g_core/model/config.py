@@ -5,7 +5,8 @@ group by concern:
 
 * **phase 1** — a :class:`~dd3g_core.teacher.MultiViewUNet` of the teacher's own config
   (``unet``), run once on the noise N at timestep ``phase1_timestep`` and truncated after
-  ``phase1_output_blocks`` decoder blocks. Its per-view hidden maps are the "patterns".
+  ``phase1_output_blocks`` decoder blocks (0: after the middle block). Its per-view hidden maps are
+  the "patterns".
 * **fusion** — phase-1 features are linearly projected to ``width`` tokens; the input image
   II is patch-embedded (``image_patch`` px patches of the RGBA image resized to
   ``image_resolution``) into tokens of the same width, tagged with a learned source embedding,
@@ -165,7 +166,7 @@ def check_field_types(obj: Any, normalise: bool = True) -> None:
 class PEPDConfig:
     # --- phase 1: pattern extraction (the teacher's U-Net class and config) ---
     unet: MultiViewUNetConfig = field(default_factory=lambda: MultiViewUNetConfig.preset("tiny"))
-    phase1_output_blocks: int = 3  # decoder blocks kept; features are read after this many
+    phase1_output_blocks: int = 3  # decoder blocks kept; features are read after this many (0: the middle block's)
     phase1_timestep: int = 999  # timestep fed with N (the teacher's first DDIM step: N is pure noise)
     num_views: int = 4  # V generated views (the teacher's layout); the U-Net also sees the image slot
     latent_resolution: int = 32  # h = w of N per view
@@ -213,8 +214,8 @@ class PEPDConfig:
             raise ValueError(f"PEPDConfig.unet: {' '.join(str(e).split())}") from None
         u = self.unet
         n_out = (u.num_res_blocks + 1) * len(u.channel_mult)  # decoder blocks of the U-Net
-        if not 1 <= self.phase1_output_blocks <= n_out:
-            raise ValueError(f"phase1_output_blocks must be in [1, {n_out}], got {self.phase1_output_blocks}")
+        if not 0 <= self.phase1_output_blocks <= n_out:
+            raise ValueError(f"phase1_output_blocks must be in [0, {n_out}], got {self.phase1_output_blocks}")
         if not 1 <= self.mu_block <= self.shape_block <= self.depth:
             raise ValueError(
                 f"need 1 <= mu_block ({self.mu_block}) <= shape_block ({self.shape_block}) "
@@ -266,7 +267,8 @@ class PEPDConfig:
 
     @property
     def feature_channels(self) -> int:
-        level = len(self.unet.channel_mult) - 1 - (self.phase1_output_blocks - 1) // self._blocks_per_level
+        # 0 blocks: the middle block's output, at the deepest level like the first decoder level's blocks
+        level = len(self.unet.channel_mult) - 1 - max(self.phase1_output_blocks - 1, 0) // self._blocks_per_level
         return self.unet.model_channels * self.unet.channel_mult[level]
 
     @property
@@ -348,8 +350,9 @@ PRESETS: dict[str, PEPDConfig] = {
     # = 4096 Gaussians (one per pixel at 32 px) + 16 II tokens (8 px patches). One forward costs
     # ~1/40 of the teacher's 25-step DDIM at batch 1 and ~1/50 at batch 8 (benchmarks/latency.py):
     # phase 1 is 0.43 of a full U-Net pass at batch 1, phase 2 0.19; truncating after 5 blocks
-    # (8x8 level) cost 30% more, after 2 (4x4 features, gaussian_grid 8) 15% less
-    # (docs/experiments/solid_student.md, "A lighter student").
+    # (8x8 level) cost 30% more. The tiny *profile* trains a lighter student (its model_overrides:
+    # phase1_output_blocks 0, gaussian_grid 8: the middle block's 4x4 features, 80 phase-2 tokens,
+    # the same 4096 Gaussians; docs/experiments/solid_student.md, "A lighter student").
     "tiny": PEPDConfig(input_view=0, footprint_filter=0.5),
     # GPU profile: ImageDream's U-Net on 32x32 latents truncated after 6 decoder blocks (16x16,
     # 1280 ch): 4 x 256 view tokens + 256 image tokens (16 px patches of 256 px II), width 768,
