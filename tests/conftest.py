@@ -1,6 +1,7 @@
 """Shared test fixtures."""
 
 import os
+import shutil
 
 import pytest
 
@@ -19,3 +20,21 @@ def _forced_render_backend(monkeypatch):
             return real(*args, backend=forced if backend == "auto" else backend, **kwargs)
 
         monkeypatch.setattr(views, "render", render)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _drop_module_temp_dirs(request, tmp_path_factory):
+    """Remove the temp dirs a test module made (teachers, caches, checkpoints, Dagster
+    homes) once the module is done, unless one of its tests failed.
+
+    The suite writes about 2.6 GB in all; kept to the end, that filled a CI disk. Function
+    ``tmp_path`` dirs of passing tests are already dropped by ``tmp_path_retention_policy``
+    in pyproject.toml; this does the same for ``tmp_path_factory.mktemp`` dirs.
+    """
+    base = tmp_path_factory.getbasetemp()
+    before = set(base.iterdir())
+    failures_before = request.session.testsfailed
+    yield
+    if request.session.testsfailed == failures_before:
+        for path in set(base.iterdir()) - before:
+            shutil.rmtree(path, ignore_errors=True)
