@@ -32,6 +32,10 @@ CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
 SERVER_START_S = 120  # two slow cores: the webserver, the daemon and the code server all import the graph
 PAGE_S = 60  # first page: the code location may still be loading
+# Dagster's own bounds on a stop: the code server lets in-flight gRPC calls finish for up to 60 s
+# (DAGSTER_GRPC_SHUTDOWN_GRACE_PERIOD) and `dagster dev` waits up to 60 s for each service before it
+# kills it. A stop takes 2-5 s here, but CI once saw the code server and its child outlive 30 s.
+STOP_S = 150
 
 
 def _ensure_chromium() -> str:
@@ -70,6 +74,14 @@ def _live_group_members(pgid: int) -> list[int]:
     return pids
 
 
+def _command_lines(pids) -> dict[int, str]:
+    found = {}
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            found[pid] = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")[:160]
+    return found
+
+
 def _processes_with_env(entry: str) -> dict[int, str]:
     """pid -> command line of the processes whose environment holds ``entry`` (escaped the group or not)."""
     found = {}
@@ -93,7 +105,8 @@ def _reset_sigint() -> None:
 def _dagster_dev(tmp: Path):
     """``dagster dev -w workspace.yaml -h 127.0.0.1 -p PORT`` in its own process group, an empty
     DAGSTER_HOME, the smoke profile. Yields ``(base_url, report)``; after the block ``report`` says how
-    the stop went: ``stop_s``, ``group_left`` (pids still in the group after SIGTERM), ``leftovers``."""
+    the stop went: ``stop_s``, ``group_left`` (pid -> command line of what was still in the group
+    ``STOP_S`` after SIGTERM), ``leftovers`` (the same for anything else with this DAGSTER_HOME)."""
     home = tmp / "dagster_home"
     home.mkdir()
     port = _free_port()
@@ -133,11 +146,11 @@ def _dagster_dev(tmp: Path):
         t0 = time.monotonic()
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGTERM)
-        deadline = t0 + 30
+        deadline = t0 + STOP_S
         while (proc.poll() is None or _live_group_members(proc.pid)) and time.monotonic() < deadline:
             time.sleep(0.2)
         report["stop_s"] = time.monotonic() - t0
-        report["group_left"] = _live_group_members(proc.pid)
+        report["group_left"] = _command_lines(_live_group_members(proc.pid))
         if proc.poll() is None or report["group_left"]:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
@@ -268,6 +281,8 @@ def test_dagster_ui_lists_assets_checks_jobs_and_schedules(tmp_path):
             browser.close()
 
     assert (tmp_path / "ui_asset_graph.png").stat().st_size > 10_000
-    assert not report["group_left"], f"dagster dev's process group outlived SIGTERM: {report['group_left']}"
-    assert report["stop_s"] < 30
+    log_tail = report["log"].read_text(errors="replace")[-3000:]
+    assert not report["group_left"], (
+        f"dagster dev's process group outlived SIGTERM by {STOP_S} s: {report['group_left']}\n{log_tail}"
+    )
     assert not report["leftovers"], f"processes of this dagster dev left running: {report['leftovers']}"
