@@ -6,6 +6,19 @@ import shutil
 import pytest
 
 
+def pytest_collection_modifyitems(config, items):
+    """Modules with a test marked ``slow`` run first, each module still in one piece.
+
+    The README runs the suite as ``pytest -n 2`` with ``--dist loadfile`` (pyproject.toml): each
+    module goes whole to one of two workers, in this order. With the few long modules (Dagster jobs
+    through the CLI, trainers, the browser) first and the many short ones after, the two workers end
+    within a short module of each other; in xdist's own order (most tests first) the long modules
+    came last and one worker ran them alone.
+    """
+    slow_files = {item.path for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.path not in slow_files)  # stable: the order within each group stays
+
+
 @pytest.fixture(autouse=True)
 def _forced_render_backend(monkeypatch):
     """``DD3G_TEST_BACKEND=reference`` runs the world/export tests on the dense reference

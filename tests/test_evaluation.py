@@ -88,6 +88,7 @@ def test_fit_ceiling_reproduces_rendered_views(teacher):
     assert psnr(out, target).mean() > 20.0
 
 
+@pytest.mark.slow
 def test_evaluation_of_the_shipped_student_writes_every_number_and_picture(teacher, refs, tmp_path):
     out = tmp_path / "eval"
     m = evaluate_checkpoints(

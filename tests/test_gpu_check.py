@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -21,6 +22,7 @@ def run(*args, timeout=300):
     )
 
 
+@pytest.mark.slow
 def test_cpu_tiny_run_passes_every_bar(tmp_path):
     out = tmp_path / "check.json"
     res = run("--cpu", "--tiny", "--out", str(out))

@@ -231,6 +231,7 @@ def test_profile_files(tmp_path):
         get_profile(str(tmp_path / "missing.json"))
 
 
+@pytest.mark.slow
 def test_distill_job_runs_from_the_dagster_cli(tmp_path):
     """The real CLI, no extra flags and no teacher override: one run covers every shard partition, the smoke
     profile trains its seconds-long teacher, and every stage loads what the previous one recorded."""

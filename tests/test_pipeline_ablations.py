@@ -129,6 +129,7 @@ def instance_of(home: Path):
             os.environ["DAGSTER_HOME"] = old
 
 
+@pytest.mark.slow
 def test_the_ablations_job_trains_every_ablation_in_one_run(ablations_run):
     tmp, _ = ablations_run
     data = tmp / "data"
@@ -158,6 +159,7 @@ def test_the_ablations_job_trains_every_ablation_in_one_run(ablations_run):
     assert len({record_of(data, name)["version"] for name in ABLATIONS}) == len(ABLATIONS)
 
 
+@pytest.mark.slow
 def test_a_finished_ablation_is_a_cache_hit(ablations_run):
     tmp, env = ablations_run
     before = record_of(tmp / "data", "single_head")

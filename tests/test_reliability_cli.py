@@ -164,6 +164,7 @@ def table_results(bad) -> dict[str, subprocess.CompletedProcess]:
         return {name: f.result() for name, f in futures.items()}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name,expected", [(row[0], row[2]) for row in TABLE], ids=[row[0] for row in TABLE])
 def test_bad_input_is_one_line_and_exit_2(table_results, name, expected):
     res = table_results[name]

@@ -172,6 +172,7 @@ def _gone(pid: int) -> bool:
         return True
 
 
+@pytest.mark.slow
 def test_second_trainer_refuses_and_an_orphaned_trainer_stops(tmp_path, data):  # noqa: F811
     cfg = smoke_config(data, tmp_path / "run", steps=400, checkpoint_every=2, log_every=1)
     out = Path(cfg.out)

@@ -157,6 +157,7 @@ def test_keys_built_by_synthesis_are_checked_where_they_are_built(tmp_path):
     assert not synthesis.shard_dir(tmp_path, cfg, 0).exists()
 
 
+@pytest.mark.slow
 def test_bad_keys_through_the_pipeline_reject_and_write_the_rest(tmp_path, teacher_dir):
     res = resources(tmp_path, teacher_dir)
     instance = dg.DagsterInstance.ephemeral()

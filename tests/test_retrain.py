@@ -114,6 +114,7 @@ def _promote_one(args):
     return decision.promoted
 
 
+@pytest.mark.slow
 def test_concurrent_promotions_never_corrupt_the_pointer(tmp_path):
     """Eight processes promote at once (four distinct students, better and worse ones): every decision is
     recorded, the pointer is always whole, each promotion was gated against the one before it, and the final
@@ -230,6 +231,7 @@ def latest(instance, key: str):
     return instance.get_latest_materialization_event(dg.AssetKey(key))
 
 
+@pytest.mark.slow
 def test_a_tick_retrains_and_promotes_then_an_unchanged_tick_is_skipped(retrained):
     tmp, env, settings, instance, first = retrained
     sources = source_fingerprint(get_profile("smoke"), str(tmp / "teacher"), settings.hash_cache())
@@ -274,6 +276,7 @@ def test_a_tick_retrains_and_promotes_then_an_unchanged_tick_is_skipped(retraine
     assert any(str(pointer["path"]) in json.dumps(v) for v in summary.values())
 
 
+@pytest.mark.slow
 def test_a_regression_is_blocked_by_the_gate_and_the_old_student_stays(retrained):
     tmp, env, settings, instance, _ = retrained
     pointer_file = accepted_dir(tmp / "data") / "current.json"

@@ -158,6 +158,7 @@ def _train_cmd(cfg: DistillConfig) -> list[str]:
     return cmd
 
 
+@pytest.mark.slow
 def test_resume_after_kill_loses_at_most_one_checkpoint_interval(tmp_path, data):
     cfg = smoke_config(data, tmp_path / "run", steps=40, checkpoint_every=5, log_every=1)
     env = dict(os.environ, OMP_NUM_THREADS="1")
@@ -186,6 +187,7 @@ def test_resume_after_kill_loses_at_most_one_checkpoint_interval(tmp_path, data)
     assert steps[-1] == 40 and set(range(1, 41)) <= set(steps)
 
 
+@pytest.mark.slow
 def test_two_gloo_processes_keep_parameters_in_sync(tmp_path, data):
     """`accelerate launch --multi_gpu --num_processes 2` on a CPU machine: two gloo ranks."""
     cfg = smoke_config(data, tmp_path / "run", steps=4, checkpoint_every=2)

@@ -214,6 +214,7 @@ def _frame_graph(page) -> None:
             page.wait_for_timeout(1000)
 
 
+@pytest.mark.slow
 def test_dagster_ui_lists_assets_checks_jobs_and_schedules(tmp_path):
     chromium = _ensure_chromium()
     from playwright.sync_api import sync_playwright  # the dev extra
