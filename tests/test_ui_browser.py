@@ -75,24 +75,25 @@ def _live_group_members(pgid: int) -> list[int]:
 
 
 def _command_lines(pids) -> dict[int, str]:
+    """pid -> command line, for those of ``pids`` still there."""
     found = {}
     for pid in pids:
         with contextlib.suppress(OSError):
-            found[pid] = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")[:160]
+            found[pid] = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
     return found
 
 
 def _processes_with_env(entry: str) -> dict[int, str]:
     """pid -> command line of the processes whose environment holds ``entry`` (escaped the group or not)."""
-    found = {}
+    pids = []
     needle = entry.encode() + b"\0"
     for d in Path("/proc").iterdir():
         if not d.name.isdigit():
             continue
         with contextlib.suppress(OSError):
             if needle in (d / "environ").read_bytes():
-                found[int(d.name)] = (d / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-    return found
+                pids.append(int(d.name))
+    return _command_lines(pids)
 
 
 def _reset_sigint() -> None:
